@@ -1,0 +1,1 @@
+"""ferlive training: FER2013 data, augmentation, models, training, evaluation and export."""

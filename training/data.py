@@ -1,0 +1,212 @@
+"""FER2013 readers: Kaggle CSV (and its train.csv/test.csv and icml_face_data.csv variants),
+the image-folder tree, or a zip of that tree. All give a `FerData`; decoded data is cached."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from shared.labels import EMOTIONS, EMOTION_TO_CODE, NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
+UNLABELLED = -1
+PIXELS = 48 * 48
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "fer2013-images.zip"
+
+
+class DataError(ValueError):
+    """Bad FER2013 input; the message names the file and the row or path."""
+
+
+@dataclass(frozen=True)
+class FerData:
+    """Faces uint8 (N,48,48), labels int64 (N,) in FER2013 code order (-1: unlabelled), split per face."""
+
+    faces: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.faces)
+        if self.faces.shape[1:] != (48, 48) or self.faces.dtype != np.uint8:
+            raise ValueError(f"faces must be uint8 (N,48,48), got {self.faces.dtype} {self.faces.shape}")
+        if self.labels.shape != (n,) or self.splits.shape != (n,):
+            raise ValueError(f"labels {self.labels.shape} and splits {self.splits.shape} must be ({n},)")
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def split(self, name: str) -> "FerData":
+        """The faces of one split ('Training', 'PublicTest', 'PrivateTest' or 'Test')."""
+        keep = self.splits == name
+        if not keep.any():
+            raise KeyError(f"no faces in split {name!r}; present: {sorted(set(self.splits.tolist()))}")
+        return self.subset(keep)
+
+    def subset(self, index: np.ndarray) -> "FerData":
+        return FerData(self.faces[index], self.labels[index], self.splits[index])
+
+    def counts(self) -> dict[str, list[int]]:
+        """Per split, the number of faces of each class in code order."""
+        return {s: np.bincount(self.labels[self.splits == s][self.labels[self.splits == s] >= 0],
+                               minlength=NUM_CLASSES).tolist() for s in sorted(set(self.splits.tolist()))}
+
+
+def _split_of_filename(name: str, top: str) -> str:
+    base = os.path.basename(name)
+    for split in SPLITS:
+        if base.startswith(split + "_"):
+            return split
+    return "Training" if top == "train" else "PublicTest"
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
+    if img is None:
+        raise DataError(f"{where}: unreadable image")
+    if img.shape != (48, 48):
+        img = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def _from_entries(entries: list[tuple[str, bytes | Path]], source: str) -> FerData:
+    """entries: (relative path 'train/<emotion>/<file>', bytes or path)."""
+    faces, labels, splits = [], [], []
+    for rel, payload in entries:
+        parts = rel.replace("\\", "/").split("/")
+        if len(parts) < 3:
+            continue
+        top, cls = parts[-3], parts[-2]
+        if cls not in EMOTION_TO_CODE:
+            raise DataError(f"{source}: {rel}: unknown class folder {cls!r}; expected one of {list(EMOTIONS)}")
+        where = f"{source}: {rel}"
+        data = payload.read_bytes() if isinstance(payload, Path) else payload
+        faces.append(_decode(data, where))
+        labels.append(EMOTION_TO_CODE[cls])
+        splits.append(_split_of_filename(parts[-1], top))
+    if not faces:
+        raise DataError(f"{source}: no images found in the <split>/<emotion>/<file> layout")
+    return FerData(np.stack(faces), np.asarray(labels, np.int64), np.asarray(splits))
+
+
+IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def read_zip(path: str | Path) -> FerData:
+    """Read the image-folder tree straight from a zip."""
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path}: not a readable zip ({e})") from e
+    with zf:
+        names = sorted(n for n in zf.namelist() if n.lower().endswith(IMAGE_EXT))
+        return _from_entries([(n, zf.read(n)) for n in names], str(path))
+
+
+def read_folder(path: str | Path) -> FerData:
+    """Read the image-folder tree (train/<emotion>/..., test/<emotion>/...)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXT)
+    return _from_entries([(p.relative_to(path).as_posix(), p) for p in files], str(path))
+
+
+def read_csv(path: str | Path) -> FerData:
+    """Read the Kaggle CSV: `emotion,pixels,Usage`; `train.csv` (emotion,pixels), `test.csv` (pixels only,
+    split 'Test', label -1); headers with stray spaces as in `icml_face_data.csv`."""
+    path = Path(path)
+    faces, labels, splits = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip().lower() for h in next(reader)]
+        except StopIteration:
+            raise DataError(f"{path}: empty file, expected a header with a 'pixels' column") from None
+        if "pixels" not in header:
+            raise DataError(f"{path}: missing column 'pixels' (header: {header})")
+        ip = header.index("pixels")
+        ie = header.index("emotion") if "emotion" in header else None
+        iu = header.index("usage") if "usage" in header else None
+        default_split = "Test" if ie is None else ("Training" if iu is None else None)
+        for row_no, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) < len(header):
+                raise DataError(f"{path}: row {row_no}: {len(row)} fields, expected {len(header)}")
+            try:
+                px = np.array(row[ip].split(), dtype=np.int64)
+            except ValueError:
+                bad = next(t for t in row[ip].split() if not t.lstrip("-").isdigit())
+                raise DataError(f"{path}: row {row_no}: non-numeric pixel {bad!r}") from None
+            if px.size != PIXELS:
+                raise DataError(f"{path}: row {row_no}: {px.size} pixels, expected {PIXELS}")
+            if px.min() < 0 or px.max() > 255:
+                raise DataError(f"{path}: row {row_no}: pixel values must be 0-255")
+            if ie is None:
+                label = UNLABELLED
+            else:
+                try:
+                    label = int(row[ie])
+                except ValueError:
+                    raise DataError(f"{path}: row {row_no}: emotion {row[ie]!r} is not an integer") from None
+                if not 0 <= label < NUM_CLASSES:
+                    raise DataError(f"{path}: row {row_no}: emotion {label} outside 0-{NUM_CLASSES - 1}")
+            split = row[iu].strip() if iu is not None else default_split
+            if split not in SPLITS:
+                raise DataError(f"{path}: row {row_no}: Usage {split!r} is not one of {list(SPLITS)}")
+            faces.append(px.astype(np.uint8).reshape(48, 48))
+            labels.append(label)
+            splits.append(split)
+    if not faces:
+        raise DataError(f"{path}: no rows")
+    return FerData(np.stack(faces), np.asarray(labels, np.int64), np.asarray(splits))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FERLIVE_CACHE", Path.home() / ".cache" / "ferlive"))
+
+
+def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerData:
+    """Load FER2013 from a CSV, a folder tree or a zip (default: ../shared's zip), caching the decoded
+    arrays as .npy under FERLIVE_CACHE (~/.cache/ferlive) keyed by path, size and mtime."""
+    path = Path(path) if path is not None else DEFAULT_DATA
+    if not path.exists():
+        raise FileNotFoundError(f"FER2013 data not found at {path}")
+    if path.is_dir():
+        reader = read_folder
+    elif path.suffix.lower() == ".zip":
+        reader = read_zip
+    elif path.suffix.lower() == ".csv":
+        reader = read_csv
+    else:
+        raise DataError(f"{path}: expected a .csv, a .zip or a folder")
+    if not cache or path.is_dir():
+        return reader(path)
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v1".encode()).hexdigest()[:16]
+    target = cache_dir() / f"fer-{key}"
+    try:
+        return FerData(np.load(target / "faces.npy"), np.load(target / "labels.npy"),
+                       np.load(target / "splits.npy"))
+    except (OSError, ValueError):
+        pass
+    data = reader(path)
+    try:
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "faces.npy", data.faces)
+        np.save(tmp / "labels.npy", data.labels)
+        np.save(tmp / "splits.npy", data.splits.astype("U11"))
+        os.replace(tmp, target) if not target.exists() else None
+    except OSError as e:
+        log.warning("could not cache decoded FER2013 at %s: %s", target, e)
+    return data

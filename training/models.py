@@ -1,0 +1,132 @@
+"""Model registry: `create_model(name, num_classes=7, input_shape=(48,48,1), augment=None)`.
+
+Every model takes float32 faces in [0,1] of shape (48,48,1) and ends in a softmax over the seven
+FER2013 classes in code order. `MODELS` is a plain dict of name -> ModelSpec."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+from shared.labels import NUM_CLASSES
+from shared.preprocess import FACE_SIZE
+
+INPUT_SHAPE = (FACE_SIZE, FACE_SIZE, 1)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[..., keras.Model]
+    optimizer: str      # default optimiser name
+    lr: float           # default learning rate
+    about: str
+
+
+def _inputs(input_shape, augment):
+    inp = keras.Input(shape=input_shape, name="face")
+    x = augment(inp) if augment is not None else inp
+    return inp, x
+
+
+def _conv_bn_relu(x, filters, kernel, name):
+    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def seed_cnn(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
+    """The reference design: Conv 64 3x3 -> 128 5x5 -> 512 3x3 -> 512 3x3, each BN, ReLU, 2x2 max-pool,
+    dropout 0.25; Dense 256, Dense 512 each BN, ReLU, dropout 0.25; softmax."""
+    inp, x = _inputs(input_shape, augment)
+    for i, (f, k) in enumerate([(64, 3), (128, 5), (512, 3), (512, 3)], start=1):
+        x = _conv_bn_relu(x, f, k, f"block{i}")
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        x = layers.Dropout(0.25, name=f"block{i}_drop")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for i, units in enumerate([256, 512], start=1):
+        x = layers.Dense(units, use_bias=False, name=f"fc{i}")(x)
+        x = layers.BatchNormalization(name=f"fc{i}_bn")(x)
+        x = layers.ReLU(name=f"fc{i}_relu")(x)
+        x = layers.Dropout(0.25, name=f"fc{i}_drop")(x)
+    out = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="seed_cnn")
+
+
+def mini_xception(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None,
+                  stem: int = 8, widths: tuple[int, ...] = (16, 32, 64, 128), name: str = "mini_xception"
+                  ) -> keras.Model:
+    """mini-Xception (Arriaga et al. 2017): two 3x3 convs, four residual depthwise-separable blocks
+    (16, 32, 64, 128), a 3x3 conv to the classes and global average pooling. ~60k parameters."""
+    inp, x = _inputs(input_shape, augment)
+    x = _conv_bn_relu(x, stem, 3, "stem1")
+    x = _conv_bn_relu(x, stem, 3, "stem2")
+    for f in widths:
+        res = layers.Conv2D(f, 1, strides=2, padding="same", use_bias=False, name=f"b{f}_res")(x)
+        res = layers.BatchNormalization(name=f"b{f}_res_bn")(res)
+        x = layers.SeparableConv2D(f, 3, padding="same", use_bias=False, name=f"b{f}_sep1")(x)
+        x = layers.BatchNormalization(name=f"b{f}_bn1")(x)
+        x = layers.ReLU(name=f"b{f}_relu")(x)
+        x = layers.SeparableConv2D(f, 3, padding="same", use_bias=False, name=f"b{f}_sep2")(x)
+        x = layers.BatchNormalization(name=f"b{f}_bn2")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"b{f}_pool")(x)
+        x = layers.Add(name=f"b{f}_add")([x, res])
+    x = layers.Conv2D(num_classes, 3, padding="same", name="head_conv")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    out = layers.Softmax(name="probs")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def xception_wide(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
+    """mini-Xception at twice the width (stem 16; blocks 32, 64, 128, 256), ~0.2M parameters."""
+    return mini_xception(num_classes, input_shape, augment, stem=16, widths=(32, 64, 128, 256),
+                         name="xception_wide")
+
+
+def vgg_lite(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None,
+             widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.4) -> keras.Model:
+    """A compact VGG: one 3x3 conv at 48x48, then two 3x3 convs at each of 24, 12 and 6 pixels
+    (all BN + ReLU, max-pool between), global average pooling, dropout, softmax. Full convolutions
+    run far better than depthwise ones on a CPU, so this buys accuracy per second of training."""
+    inp, x = _inputs(input_shape, augment)
+    x = _conv_bn_relu(x, widths[0], 3, "s1c1")
+    x = layers.MaxPooling2D(2, name="s1_pool")(x)
+    for s, f in enumerate(widths[1:], start=2):
+        x = _conv_bn_relu(x, f, 3, f"s{s}c1")
+        x = _conv_bn_relu(x, f, 3, f"s{s}c2")
+        if s < len(widths):
+            x = layers.MaxPooling2D(2, name=f"s{s}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="drop")(x)
+    out = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="vgg_lite")
+
+
+def tiny_cnn(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
+    """A few-thousand-parameter net for tests and the notebook: trains in seconds."""
+    inp, x = _inputs(input_shape, augment)
+    x = layers.AveragePooling2D(2, name="down")(x)
+    x = _conv_bn_relu(x, 8, 3, "c1")
+    x = layers.MaxPooling2D(2, name="p1")(x)
+    x = _conv_bn_relu(x, 16, 3, "c2")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    out = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="tiny_cnn")
+
+
+MODELS: dict[str, ModelSpec] = {
+    "seed_cnn": ModelSpec(seed_cnn, "adam", 5e-4, "reference 4-conv CNN (~4.5M params)"),
+    "vgg_lite": ModelSpec(vgg_lite, "adamw", 2e-3, "compact VGG, ~1.1M params, the shipped default"),
+    "mini_xception": ModelSpec(mini_xception, "adam", 1e-3, "separable-conv residual net, ~60k params"),
+    "xception_wide": ModelSpec(xception_wide, "adamw", 2e-3, "mini-Xception at twice the width"),
+    "tiny_cnn": ModelSpec(tiny_cnn, "adam", 3e-3, "tiny net for tests and demos"),
+}
+
+
+def create_model(name: str, num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE,
+                 augment: keras.layers.Layer | None = None) -> keras.Model:
+    """Build a registered model (uncompiled)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}")
+    return MODELS[name].build(num_classes=num_classes, input_shape=input_shape, augment=augment)

@@ -1,0 +1,216 @@
+"""`model.fit` on FER2013 Training, checkpoints chosen on PublicTest; resumable; live curves.
+
+    python -m training train --model xception_wide --epochs 60 --run-dir runs/xw
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shared.labels import NUM_CLASSES
+from shared.preprocess import to_model_input
+from training.augment import AugmentConfig, build_augmentation
+from training.data import FerData, load_fer2013
+
+log = logging.getLogger(__name__)
+
+BEST_WEIGHTS = "best.weights.h5"
+LAST_MODEL = "last.keras"
+HISTORY = "history.csv"
+CONFIG = "config.json"
+CURVES = "curves.png"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as config.json in the run directory."""
+
+    model: str = "xception_wide"
+    data: str | None = None               # CSV, folder or zip; None: ../shared's zip
+    run_dir: str = "runs/default"
+    epochs: int = 60
+    batch_size: int = 64
+    optimizer: str | None = None          # adam | adamw | sgd; None: the model's default
+    lr: float | None = None               # None: the model's default
+    weight_decay: float = 1e-4            # adamw / sgd
+    schedule: str = "cosine"              # cosine | plateau | constant
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    seed: int = 1
+    per_class: int | None = None          # cap faces per class and split (quick runs)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        aug = d.pop("augment", None)
+        return cls(**d, augment=AugmentConfig(**aug) if aug is not None else None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def take_per_class(data: FerData, n: int | None, seed: int) -> FerData:
+    """At most n faces of each class in each split (seeded); all of them when n is None."""
+    if n is None:
+        return data
+    rng = np.random.default_rng(seed)
+    keep = []
+    for split in sorted(set(data.splits.tolist())):
+        for c in range(NUM_CLASSES):
+            idx = np.flatnonzero((data.splits == split) & (data.labels == c))
+            keep.extend(rng.permutation(idx)[:n])
+    return data.subset(np.sort(np.asarray(keep, dtype=np.int64)))
+
+
+def xy(data: FerData) -> tuple[np.ndarray, np.ndarray]:
+    """Model input and one-hot targets."""
+    return to_model_input(data.faces), np.eye(NUM_CLASSES, dtype=np.float32)[data.labels]
+
+
+def lr_at(epoch: int, cfg: TrainConfig, base_lr: float) -> float:
+    """Per-epoch learning rate: linear warm-up, then cosine to 1% (or constant)."""
+    if epoch < cfg.warmup_epochs:
+        return base_lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+    if cfg.schedule == "cosine":
+        t = (epoch - cfg.warmup_epochs) / max(1, cfg.epochs - cfg.warmup_epochs)
+        return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return base_lr
+
+
+def make_optimizer(name: str, lr: float, weight_decay: float):
+    import keras
+    if name == "adam":
+        return keras.optimizers.Adam(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; use adam, adamw or sgd")
+
+
+def plot_history(csv_path: Path, png_path: Path, title: str = "") -> "object | None":
+    """Draw loss and accuracy curves (train and PublicTest) from history.csv to a PNG; returns the figure."""
+    import matplotlib
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not csv_path.exists():
+        return None
+    rows = np.genfromtxt(csv_path, delimiter=",", names=True)
+    rows = np.atleast_1d(rows)
+    if rows.size == 0:
+        return None
+    ep = rows["epoch"] + 1
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, ax, lab in [("loss", a1, "train"), ("val_loss", a1, "PublicTest"),
+                         ("accuracy", a2, "train"), ("val_accuracy", a2, "PublicTest")]:
+        if key in rows.dtype.names:
+            ax.plot(ep, rows[key], marker="o", ms=3, label=lab)
+    a1.set_title("loss"); a2.set_title("accuracy")
+    for ax in (a1, a2):
+        ax.set_xlabel("epoch"); ax.grid(alpha=0.3); ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+    return fig
+
+
+def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
+    import keras
+
+    class LivePlot(keras.callbacks.Callback):
+        """Redraw curves.png every epoch; in Jupyter, update one displayed figure in place."""
+
+        def __init__(self):
+            super().__init__()
+            self._handle = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            fig = plot_history(run / HISTORY, run / CURVES, f"{cfg.model} on FER2013")
+            if fig is not None and "ipykernel" in sys.modules:
+                from IPython.display import display
+                if self._handle is None:
+                    self._handle = display(fig, display_id=True)
+                else:
+                    self._handle.update(fig)
+
+    best_so_far = None
+    hist = run / HISTORY
+    if hist.exists():
+        rows = np.atleast_1d(np.genfromtxt(hist, delimiter=",", names=True))
+        if rows.size and "val_accuracy" in rows.dtype.names:
+            best_so_far = float(np.nanmax(rows["val_accuracy"]))
+    cbs = [
+        keras.callbacks.BackupAndRestore(str(run / "backup"), save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(str(run / BEST_WEIGHTS), monitor="val_accuracy", mode="max",
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best_so_far, verbose=1),
+        keras.callbacks.CSVLogger(str(hist), append=True),
+    ]
+    if cfg.schedule == "plateau":
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-5))
+    else:
+        cbs.append(keras.callbacks.LearningRateScheduler(lambda e: lr_at(e, cfg, base_lr)))
+    cbs.append(LivePlot())
+    return cbs
+
+
+def train(cfg: TrainConfig, verbose: int | str | None = None):
+    """Train (or resume) the run in cfg.run_dir; returns the Keras History."""
+    import keras
+    from training.models import MODELS, create_model
+
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_file = run / CONFIG
+    if cfg_file.exists():
+        saved = json.loads(cfg_file.read_text())
+        saved_cfg = {k: v for k, v in saved.items() if k not in ("command", "epochs")}
+        mine = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+        if saved_cfg.get("train") is not None:
+            saved_cfg = saved_cfg["train"]
+        if {k: saved_cfg.get(k) for k in mine} != mine:
+            raise ValueError(f"{run} holds a run with another config; use a new --run-dir or the same options "
+                             f"(saved: {saved_cfg})")
+    meta = {**cfg.to_dict(), "command": " ".join(sys.argv)}
+    cfg_file.write_text(json.dumps(meta, indent=2))
+
+    keras.utils.set_random_seed(cfg.seed)
+    spec = MODELS[cfg.model] if cfg.model in MODELS else None
+    if spec is None:
+        raise KeyError(f"unknown model {cfg.model!r}; registered: {sorted(MODELS)}")
+    opt_name = cfg.optimizer or spec.optimizer
+    base_lr = cfg.lr or spec.lr
+
+    data = take_per_class(load_fer2013(cfg.data), cfg.per_class, cfg.seed)
+    x_tr, y_tr = xy(data.split("Training"))
+    x_va, y_va = xy(data.split("PublicTest"))
+    log.info("training on %d faces, validating on %d PublicTest faces", len(x_tr), len(x_va))
+
+    model = create_model(cfg.model, augment=build_augmentation(cfg.augment, cfg.seed))
+    model.compile(optimizer=make_optimizer(opt_name, base_lr, cfg.weight_decay),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                  metrics=["accuracy"])
+    if verbose is None:
+        verbose = 1 if (sys.stdout.isatty() or "ipykernel" in sys.modules) else 2
+    t0 = time.time()
+    history = model.fit(x_tr, y_tr, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                        validation_data=(x_va, y_va), shuffle=True, verbose=verbose,
+                        callbacks=_callbacks(cfg, run, base_lr))
+    elapsed = time.time() - t0
+    model.save(run / LAST_MODEL)
+    timing = run / "timing.json"
+    prev = json.loads(timing.read_text()) if timing.exists() else {"seconds": 0.0, "sessions": 0}
+    timing.write_text(json.dumps({"seconds": prev["seconds"] + elapsed, "sessions": prev["sessions"] + 1,
+                                  "host": os.uname().nodename, "cpus": os.cpu_count()}, indent=2))
+    return history

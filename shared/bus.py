@@ -1,0 +1,199 @@
+"""ZeroMQ sockets of the pipeline, each named by its pattern and role (zguide style).
+
+    capture ──PUB frames──▶ detect ──PUSH faces──▶ classify ×N ──PUSH predictions──▶ annotate ──PUB annotated──▶ web
+            (bind)     (SUB connect) (bind)   (PULL connect)    (connect)          (PULL bind)     (bind)   (SUB connect)
+
+    every stage ──PUB heartbeat (connect)──▶ heartbeat_endpoint ◀── web: SUB (bind)
+
+* Live data is PUB/SUB with a small high-water mark and small kernel buffers, and the receiver drains to
+  the newest message (``recv_newest``): a slow consumer skips frames instead of falling behind, so
+  latency never grows with time. No CONFLATE (it breaks multi-part and ordering); dropping happens at
+  the HWM and in ``recv_newest``.
+* Work is PUSH/PULL: detect is the ventilator, the classify workers pull, annotate is the sink; each
+  message goes to exactly one worker. Sends are non-blocking (``send_nowait``): when every worker is
+  busy, detect drops the frame and counts it instead of queueing.
+* Every socket has linger 0, so Ctrl-C never hangs, and a 100 ms..1 s reconnect interval, so a killed
+  and restarted stage is back within a second or two (the binding side may restart too).
+
+For the web engineer:
+    ``annotated_sub(cfg, ctx)`` receives ``messages.Annotated`` (``decode(data, expect="annotated")``).
+    ``heartbeat_sub(cfg, ctx)`` BINDS ``cfg.heartbeat_endpoint``; every stage's ``heartbeat_pub`` connects
+    to it and sends a ``messages.Heartbeat`` every ``cfg.heartbeat_interval`` seconds: stage
+    ("capture"/"detect"/"classify"/"annotate"), instance (host:pid), counters (monotonic totals such as
+    frames_in, frames_out, dropped, bad_messages, faces), status ("ok", "stalled", "reconnecting",
+    "eof") and detail. Treat a (stage, instance) as gone after ~3 intervals without a heartbeat.
+    Only one process may bind the heartbeat endpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket as _socket
+import time
+from collections import Counter
+from typing import Optional
+
+import zmq
+
+from shared.config import Config
+from shared.messages import Heartbeat, encode
+
+log = logging.getLogger(__name__)
+
+_PATTERNS = {"PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL}
+
+
+def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bind: bool, hwm: int,
+                sock_buf: int = 0) -> zmq.Socket:
+    """A socket of ``pattern`` (PUB/SUB/PUSH/PULL) named ``role``, bound or connected to ``endpoint``."""
+    sock = ctx.socket(_PATTERNS[pattern])
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    if sock_buf > 0:
+        sock.setsockopt(zmq.SNDBUF, sock_buf)
+        sock.setsockopt(zmq.RCVBUF, sock_buf)
+    if pattern == "SUB":
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    if pattern == "PUSH" and not bind:
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a peer that is not connected
+    try:
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise zmq.ZMQError(exc.errno, f"{role}: cannot {'bind' if bind else 'connect'} {endpoint}: "
+                                      f"{exc.strerror} (another process on that port? see FERLIVE_*_ENDPOINT)")
+    log.debug("%s %s %s %s (hwm %d)", role, pattern, "bind" if bind else "connect", endpoint, hwm)
+    return sock
+
+
+# --- the pipeline's sockets, by role -----------------------------------------------------------
+def frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "PUB", "frames_pub", cfg.frames_endpoint, bind=True, hwm=cfg.pub_hwm,
+                       sock_buf=cfg.sock_buf)
+
+
+def frames_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "SUB", "frames_sub", cfg.frames_endpoint, bind=False, hwm=cfg.pub_hwm,
+                       sock_buf=cfg.sock_buf)
+
+
+def faces_ventilator(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "PUSH", "faces_ventilator", cfg.faces_endpoint, bind=True, hwm=cfg.push_hwm,
+                       sock_buf=cfg.sock_buf)
+
+
+def faces_worker(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "PULL", "faces_worker", cfg.faces_endpoint, bind=False, hwm=cfg.push_hwm,
+                       sock_buf=cfg.sock_buf)
+
+
+def predictions_push(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "PUSH", "predictions_push", cfg.predictions_endpoint, bind=False,
+                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf)
+
+
+def predictions_sink(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "PULL", "predictions_sink", cfg.predictions_endpoint, bind=True,
+                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf)
+
+
+def annotated_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "PUB", "annotated_pub", cfg.annotated_endpoint, bind=True, hwm=cfg.pub_hwm,
+                       sock_buf=cfg.sock_buf)
+
+
+def annotated_sub(cfg: Config, ctx: zmq.Context, hwm: Optional[int] = None) -> zmq.Socket:
+    """The web's (or a test's) subscription to annotated frames."""
+    return make_socket(ctx, "SUB", "annotated_sub", cfg.annotated_endpoint, bind=False,
+                       hwm=hwm or cfg.pub_hwm, sock_buf=cfg.sock_buf)
+
+
+def heartbeat_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "PUB", "heartbeat_pub", cfg.heartbeat_endpoint, bind=False, hwm=16)
+
+
+def heartbeat_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    """The one collector of every stage's heartbeats (binds)."""
+    return make_socket(ctx, "SUB", "heartbeat_sub", cfg.heartbeat_endpoint, bind=True, hwm=1000)
+
+
+# --- send / receive ------------------------------------------------------------------------------
+def send_nowait(sock: zmq.Socket, data: bytes) -> bool:
+    """Send without blocking; False when the peer queues are full (or no peer), the caller counts a drop."""
+    try:
+        sock.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
+        return True
+    except zmq.Again:
+        return False
+
+
+def recv_newest(sock: zmq.Socket, timeout_ms: int) -> tuple[Optional[bytes], int]:
+    """Wait up to ``timeout_ms`` for a message, then drain the queue: (newest message or None, skipped)."""
+    if not sock.poll(timeout_ms, zmq.POLLIN):
+        return None, 0
+    data = sock.recv(copy=True)
+    skipped = 0
+    while True:
+        try:
+            data = sock.recv(zmq.NOBLOCK, copy=True)
+            skipped += 1
+        except zmq.Again:
+            return data, skipped
+
+
+def recv_nowait(sock: zmq.Socket, timeout_ms: int) -> Optional[bytes]:
+    """One message if it arrives within ``timeout_ms``, else None."""
+    if not sock.poll(timeout_ms, zmq.POLLIN):
+        return None
+    return sock.recv(copy=True)
+
+
+# --- heartbeats ----------------------------------------------------------------------------------
+def instance_name() -> str:
+    return f"{_socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeater:
+    """Counters of one stage, published as a Heartbeat every ``interval`` seconds by ``tick()``."""
+
+    def __init__(self, sock: zmq.Socket, stage: str, interval: float) -> None:
+        self.sock, self.stage, self.interval = sock, stage, interval
+        self.instance = instance_name()
+        self.counters: Counter[str] = Counter()
+        self.status, self.detail = "ok", ""
+        self._next = 0.0
+
+    def tick(self, now: Optional[float] = None, force: bool = False) -> None:
+        now = time.time() if now is None else now
+        if not force and now < self._next:
+            return
+        self._next = now + self.interval
+        hb = Heartbeat(stage=self.stage, instance=self.instance, t=now, interval=self.interval,
+                       counters={k: int(v) for k, v in self.counters.items()}, status=self.status,
+                       detail=self.detail)
+        send_nowait(self.sock, encode(hb))
+
+
+# --- process plumbing ----------------------------------------------------------------------------
+class Shutdown(Exception):
+    """Raised in the main thread on SIGTERM/SIGINT so a stage leaves its loop and closes its sockets."""
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT (honcho's Ctrl-C) -> ``Shutdown``, once; a second signal does the same."""
+    def _handler(signum, _frame):
+        raise Shutdown(signal.Signals(signum).name)
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+
+
+def setup_logging(cfg: Config, stage: str) -> None:
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+                        format=f"%(asctime)s {stage}[%(process)d] %(levelname)s %(name)s: %(message)s")

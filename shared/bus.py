@@ -41,7 +41,7 @@ from shared.messages import Heartbeat, encode
 
 log = logging.getLogger(__name__)
 
-_PATTERNS = {"PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL}
+_PATTERNS = {"XPUB": zmq.XPUB, "PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL}
 
 
 def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bind: bool, hwm: int,
@@ -75,7 +75,8 @@ def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bin
 
 # --- the pipeline's sockets, by role -----------------------------------------------------------
 def frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PUB", "frames_pub", cfg.frames_endpoint, bind=True, hwm=cfg.pub_hwm,
+    """XPUB (a PUB that also sees subscriptions), so capture can wait for detect: ``wait_for_subscriber``."""
+    return make_socket(ctx, "XPUB", "frames_pub", cfg.frames_endpoint, bind=True, hwm=cfg.pub_hwm,
                        sock_buf=cfg.sock_buf)
 
 
@@ -122,6 +123,14 @@ def heartbeat_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
 def heartbeat_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """The one collector of every stage's heartbeats (binds)."""
     return make_socket(ctx, "SUB", "heartbeat_sub", cfg.heartbeat_endpoint, bind=True, hwm=1000)
+
+
+def wait_for_subscriber(xpub: zmq.Socket, timeout_s: float) -> bool:
+    """Block until a subscriber joins an XPUB socket (True) or ``timeout_s`` passes (False)."""
+    if xpub.poll(int(timeout_s * 1000), zmq.POLLIN):
+        xpub.recv()
+        return True
+    return False
 
 
 # --- send / receive ------------------------------------------------------------------------------

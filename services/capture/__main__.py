@@ -1,0 +1,27 @@
+"""python -m services.capture --source 0|path.mp4|rtsp://…|demo [--loop] [--fps 30] [--width 640 --height 480]"""
+from __future__ import annotations
+
+import sys
+
+from shared import bus
+from shared.config import Config
+from services.capture.stage import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = Config.from_env_and_args(argv, prog="python -m services.capture",
+                                   description="Publish frames from a camera, video file, stream or demo.")
+    bus.setup_logging(cfg, "capture")
+    bus.install_signal_handlers()
+    try:
+        run(cfg)
+    except (bus.Shutdown, KeyboardInterrupt):
+        pass
+    except FileNotFoundError as exc:
+        print(f"capture: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Frame sources: a camera index, a video file, a stream URL, or the built-in demo (no camera needed)."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or stopped giving frames; the text says which and why."""
+
+
+def parse_source(spec: str) -> tuple[str, str | int]:
+    """'demo' | '0' (camera index) | 'rtsp://…' / 'http://…' (stream) | path -> (kind, target)."""
+    spec = str(spec).strip()
+    if spec == "demo":
+        return "demo", spec
+    if spec.isdigit():
+        return "camera", int(spec)
+    if "://" in spec:
+        return "stream", spec
+    return "file", spec
+
+
+def fit_frame(frame_bgr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize a BGR frame to width x height (no-op when it already is)."""
+    if frame_bgr.ndim == 2:
+        frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+    if frame_bgr.shape[:2] == (height, width):
+        return frame_bgr
+    interp = cv2.INTER_AREA if frame_bgr.shape[1] > width else cv2.INTER_LINEAR
+    return cv2.resize(frame_bgr, (width, height), interpolation=interp)
+
+
+def demo_image_path() -> Optional[Path]:
+    """Grace Hopper's portrait that matplotlib ships (found without importing matplotlib), or None."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+        if p.exists():
+            return p
+    return None
+
+
+class DemoSource:
+    """A real face photo, slowly panning and zooming, at any size; endless."""
+
+    live = False
+
+    def __init__(self, width: int, height: int, fps: float = 30.0) -> None:
+        path = demo_image_path()
+        if path is None:
+            raise SourceError("demo source needs matplotlib's sample photo (pip install matplotlib); "
+                              "or pass --source 0 / a video file")
+        photo = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if photo is None:
+            raise SourceError(f"cannot read demo photo {path}")
+        # Fit the photo's height to the frame, on a neutral background.
+        scale = height / photo.shape[0]
+        photo = cv2.resize(photo, (max(1, round(photo.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
+        self.base = np.full((height, width, 3), 96, np.uint8)
+        x0 = (width - photo.shape[1]) // 2
+        src_x0, dst_x0 = max(0, -x0), max(0, x0)
+        w = min(photo.shape[1] - src_x0, width - dst_x0)
+        self.base[:, dst_x0:dst_x0 + w] = photo[:, src_x0:src_x0 + w]
+        self.width, self.height, self.fps = width, height, fps or 30.0
+        self.i = 0
+
+    def read(self) -> Optional[np.ndarray]:
+        t = self.i / self.fps
+        self.i += 1
+        zoom = 1.0 + 0.10 * math.sin(2 * math.pi * t / 8.0)
+        dx = 25.0 * math.sin(2 * math.pi * t / 11.0)
+        dy = 10.0 * math.sin(2 * math.pi * t / 7.0)
+        m = cv2.getRotationMatrix2D((self.width / 2, self.height / 2), 0.0, zoom)
+        m[:, 2] += (dx, dy)
+        return cv2.warpAffine(self.base, m, (self.width, self.height), borderMode=cv2.BORDER_REPLICATE)
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSource:
+    """cv2.VideoCapture over a camera index, a file or a stream. ``read()`` returns None at the end of a
+    file and raises SourceError when a camera/stream stops giving frames."""
+
+    def __init__(self, kind: str, target: str | int) -> None:
+        self.kind, self.target = kind, target
+        self.live = kind in ("camera", "stream")
+        if kind == "file" and not Path(str(target)).exists():
+            raise FileNotFoundError(f"video file {target} not found")
+        params: list[int] = []
+        if kind == "stream":
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000]
+        self.cap = cv2.VideoCapture(target, cv2.CAP_ANY, params) if params else cv2.VideoCapture(target)
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise SourceError(f"cannot open {kind} {target!r}")
+        if kind == "camera":
+            self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a queue of old ones
+
+    def grab(self) -> bool:
+        """Take the next frame from the device without decoding it (keeps a live source's buffer empty)."""
+        return bool(self.cap.grab())
+
+    def retrieve(self) -> Optional[np.ndarray]:
+        ok, frame = self.cap.retrieve()
+        return frame if ok else None
+
+    def read(self) -> Optional[np.ndarray]:
+        ok, frame = self.cap.read()
+        if ok:
+            return frame
+        if self.live:
+            raise SourceError(f"{self.kind} {self.target!r} stopped giving frames")
+        return None
+
+    def rewind(self) -> None:
+        self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def open_source(spec: str, width: int, height: int, fps: float):
+    kind, target = parse_source(spec)
+    if kind == "demo":
+        return DemoSource(width, height, fps)
+    return VideoSource(kind, target)

@@ -1,0 +1,78 @@
+"""Classify's logic: Faces -> Predictions with one model call per frame (all its faces at once)."""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Callable, Optional, Protocol
+
+import numpy as np
+import zmq
+
+from shared import bus
+from shared.config import Config
+from shared.labels import NUM_CLASSES
+from shared.messages import Faces, MessageError, Predictions, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    def predict_proba(self, faces: np.ndarray) -> np.ndarray: ...
+
+
+def classify(model: Model, faces: Faces) -> Predictions:
+    """Probabilities for every face of a frame in one call; a frame without faces costs nothing."""
+    if len(faces) == 0:
+        probs = np.zeros((0, NUM_CLASSES), np.float32)
+    else:
+        probs = np.asarray(model.predict_proba(faces.crops), dtype=np.float32)
+    return Predictions(faces=faces, probs=probs)
+
+
+def handle(model: Model, data: bytes, counters: Counter, max_lag_s: float = 0.0,
+           now: Optional[float] = None) -> Optional[Predictions]:
+    """Faces bytes -> Predictions; None (counted) for a bad message or, with ``max_lag_s``, a frame
+    captured so long ago that classifying it would only add to the backlog."""
+    try:
+        faces = decode(data, expect="faces")
+    except MessageError as exc:
+        counters["bad_messages"] += 1
+        log.warning("dropped a message: %s", exc)
+        return None
+    now = time.time() if now is None else now
+    if max_lag_s > 0 and now - faces.frame.t_capture > max_lag_s:
+        counters["stale"] += 1
+        return None
+    preds = classify(model, faces)
+    counters["faces"] += len(faces)
+    return preds
+
+
+def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
+        should_stop: Callable[[], bool] = lambda: False) -> None:
+    """PULL faces -> classify -> PUSH predictions to annotate, until Shutdown."""
+    ctx = ctx or zmq.Context.instance()
+    pull, push = bus.faces_worker(cfg, ctx), bus.predictions_push(cfg, ctx)
+    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "classify", cfg.heartbeat_interval)
+    hb.tick(force=True)
+    try:
+        while not should_stop():
+            hb.tick()
+            data = bus.recv_nowait(pull, 100)
+            if data is None:
+                continue
+            t_recv = time.time()
+            hb.counters["frames_in"] += 1
+            preds = handle(model, data, hb.counters, cfg.max_lag_ms / 1e3, t_recv)
+            if preds is None:
+                continue
+            preds.frame.stamps.append(("classify", t_recv, time.time()))
+            if bus.send_nowait(push, encode(preds)):
+                hb.counters["frames_out"] += 1
+            else:
+                hb.counters["dropped_no_sink"] += 1
+    finally:
+        hb.tick(force=True)
+        for s in (pull, push, hb.sock):
+            s.close(0)

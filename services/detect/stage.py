@@ -1,0 +1,104 @@
+"""Detect's logic: Frame message -> Faces message (decode the JPEG once, find faces, crop 48x48 gray).
+
+The detector is injected (``services.detect.detector.FaceDetector`` in the service): anything with
+``detect(frame_bgr) -> Detections`` (``boxes_xywh`` int32 (N,4), ``crops`` uint8 (N,48,48)).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from typing import Callable, Optional, Protocol
+
+import cv2
+import numpy as np
+import zmq
+
+from shared import bus
+from shared.config import Config
+from shared.messages import Faces, Frame, MessageError, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+class Detector(Protocol):
+    def detect(self, frame_bgr: np.ndarray): ...
+
+
+class BadFrame(ValueError):
+    """A frame message that decodes but cannot be used (corrupt JPEG, size differs from its header)."""
+
+
+def decode_frame(frame: Frame) -> np.ndarray:
+    """The frame's JPEG -> BGR array, checked against the size the message claims."""
+    img = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BadFrame(f"frame {frame.source_id}#{frame.seq}: JPEG does not decode ({len(frame.jpeg)} bytes)")
+    if img.shape[:2] != (frame.height, frame.width):
+        raise BadFrame(f"frame {frame.source_id}#{frame.seq}: image is {img.shape[1]}x{img.shape[0]}, "
+                       f"message says {frame.width}x{frame.height}")
+    return img
+
+
+class DetectStage:
+    """Turns frame bytes into Faces; counts bad input instead of failing. ``job`` numbers the Faces
+    messages actually sent (``commit()`` after a send), ``run`` identifies this process's numbering."""
+
+    def __init__(self, detector: Detector, counters: Optional[Counter] = None) -> None:
+        self.detector = detector
+        self.counters = counters if counters is not None else Counter()
+        self.run = (os.getpid() << 20 | int(time.time() * 1000) & 0xFFFFF) & 0x7FFFFFFFFFFFFFFF
+        self.job = 0
+
+    def handle(self, data: bytes) -> Optional[Faces]:
+        """Frame bytes -> Faces (job = the next job number), or None (logged + counted) for bad input."""
+        try:
+            frame = decode(data, expect="frame")
+            frame_bgr = decode_frame(frame)
+        except MessageError as exc:
+            self.counters["bad_messages"] += 1
+            log.warning("dropped a message: %s", exc)
+            return None
+        except BadFrame as exc:
+            self.counters["bad_frames"] += 1
+            log.warning("dropped a frame: %s", exc)
+            return None
+        det = self.detector.detect(frame_bgr)
+        faces = Faces(frame=frame, boxes_xywh=det.boxes_xywh, crops=det.crops, job=self.job, run=self.run)
+        self.counters["faces"] += len(faces)
+        return faces
+
+    def commit(self) -> None:
+        self.job += 1
+
+
+def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
+        should_stop: Callable[[], bool] = lambda: False) -> None:
+    """SUB frames (newest only) -> detect -> PUSH faces to the classify workers, until Shutdown."""
+    ctx = ctx or zmq.Context.instance()
+    sub, push = bus.frames_sub(cfg, ctx), bus.faces_ventilator(cfg, ctx)
+    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval)
+    stage = DetectStage(detector, hb.counters)
+    try:
+        while not should_stop():
+            hb.tick()
+            data, skipped = bus.recv_newest(sub, 100)
+            if data is None:
+                continue
+            t_recv = time.time()
+            hb.counters["frames_in"] += 1
+            hb.counters["skipped_slow"] += skipped
+            faces = stage.handle(data)
+            if faces is None:
+                continue
+            faces.frame.stamps.append(("detect", t_recv, time.time()))
+            if bus.send_nowait(push, encode(faces)):
+                stage.commit()
+                hb.counters["frames_out"] += 1
+            else:
+                hb.counters["dropped_busy"] += 1  # every worker busy (or none): newest frames win
+    finally:
+        hb.tick(force=True)
+        for s in (sub, push, hb.sock):
+            s.close(0)

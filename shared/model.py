@@ -1,0 +1,167 @@
+"""The exported model, loaded once: `FacialExpressionModel(path).predict_proba(faces)`.
+
+A model directory (written by `ferlive export`) holds exactly:
+
+    card.json             labels, input spec, quantisation parameters, metrics, training record
+    model.json            Keras `to_json()` of the network
+    model.weights.h5      its weights
+    model_float32.tflite  float32 TFLite
+    model_int8.tflite     full-integer TFLite (int8 input and output)
+
+The TFLite backend runs on `ai_edge_litert` and never imports TensorFlow, so services can use it;
+the Keras backend imports Keras lazily.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from shared.labels import EMOTIONS, NUM_CLASSES
+from shared.preprocess import prepare_faces, to_model_input
+
+log = logging.getLogger(__name__)
+
+CARD = "card.json"
+MODEL_JSON = "model.json"
+WEIGHTS = "model.weights.h5"
+TFLITE_FILES: dict[str, str] = {"float32": "model_float32.tflite", "int8": "model_int8.tflite"}
+MODEL_FILES: tuple[str, ...] = (CARD, MODEL_JSON, WEIGHTS, *TFLITE_FILES.values())
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "bundled_model"
+BACKENDS = ("tflite", "keras")
+KERAS_BATCH = 256
+
+
+def read_card(model_dir: str | Path) -> dict:
+    """card.json of a model directory; FileNotFoundError names the missing directory or file."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist; export one with "
+                                f"`ferlive export --run-dir RUN --out {model_dir}`")
+    card_path = model_dir / CARD
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{card_path} is missing; {model_dir} is not an exported model directory")
+    card = json.loads(card_path.read_text())
+    labels = tuple(card.get("labels", ()))
+    if labels != EMOTIONS:
+        raise ValueError(f"{card_path}: labels {list(labels)} differ from shared.EMOTIONS {list(EMOTIONS)}")
+    return card
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
+    """float -> integer tensor with TFLite's affine rule q = round(x / scale) + zero_point."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+class FacialExpressionModel:
+    """An exported expression model. `backend="tflite"` runs `model_<precision>.tflite` with
+    ai-edge-litert (`precision` "int8", the default, or "float32"); `backend="keras"` loads
+    model.json + model.weights.h5 with Keras.
+
+    Thread-safety: each instance owns one interpreter (or Keras model) and serialises its calls with a
+    lock, so sharing one instance between threads is safe but not parallel; for parallel inference give
+    each worker its own instance."""
+
+    def __init__(self, path: str | Path | None = None, backend: str = "tflite", num_threads: int = 1,
+                 precision: str = "int8") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        if backend == "tflite" and precision not in TFLITE_FILES:
+            raise ValueError(f"unknown precision {precision!r}; use one of {tuple(TFLITE_FILES)}")
+        self.model_dir = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        self.card = read_card(self.model_dir)
+        self.labels: tuple[str, ...] = tuple(self.card["labels"])
+        shape = tuple(self.card["input"]["shape"])
+        if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 1:
+            raise ValueError(f"{self.model_dir / CARD}: input shape {shape} is not (S,S,1) gray")
+        self.input_size: int = shape[0]
+        self.backend = backend
+        self.form = precision if backend == "tflite" else "keras"
+        self._lock = threading.Lock()
+        self._batch = -1
+        if backend == "tflite":
+            self._load_tflite(num_threads)
+        else:
+            self._load_keras()
+
+    def _require(self, name: str) -> Path:
+        path = self.model_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing from the model directory {self.model_dir}")
+        return path
+
+    def _load_tflite(self, num_threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = self._require(TFLITE_FILES[self.form])
+        self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self._in_q = self._out_q = None
+        if self.form == "int8":
+            quant = self.card["quantization"]["int8"]
+            self._in_q = (float(quant["input"]["scale"]), int(quant["input"]["zero_point"]))
+            self._out_q = (float(quant["output"]["scale"]), int(quant["output"]["zero_point"]))
+            for role, details, (scale, zp) in (("input", self._in, self._in_q), ("output", self._out, self._out_q)):
+                got_scale, got_zp = details["quantization"]
+                if details["dtype"] != np.int8 or not np.isclose(got_scale, scale, rtol=1e-6) or got_zp != zp:
+                    raise ValueError(f"{path}: {role} quantisation {details['dtype'].__name__} "
+                                     f"({got_scale}, {got_zp}) does not match card.json ({scale}, {zp})")
+
+    def _load_keras(self) -> None:
+        import keras
+
+        arch = self._require(MODEL_JSON).read_text()
+        self._keras = keras.models.model_from_json(arch)
+        self._keras.load_weights(str(self._require(WEIGHTS)))
+
+    def predict_proba(self, faces: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Face crops (uint8 gray (N,H,W), BGR (N,H,W,3), one (H,W) face, or a list of any sizes) ->
+        float32 (N,7) probabilities in shared.EMOTIONS order, each row summing to 1."""
+        if isinstance(faces, (list, tuple)) and len(faces) == 0:
+            return np.zeros((0, NUM_CLASSES), np.float32)
+        faces_gray = prepare_faces(faces, self.input_size)
+        if len(faces_gray) == 0:
+            return np.zeros((0, NUM_CLASSES), np.float32)
+        x = to_model_input(faces_gray)
+        with self._lock:
+            probs = self._run_tflite(x) if self.backend == "tflite" else self._run_keras(x)
+        if probs.shape != (len(x), NUM_CLASSES):
+            raise ValueError(f"model output {probs.shape}, expected ({len(x)}, {NUM_CLASSES})")
+        # int8 softmax outputs are multiples of 1/256; renormalise so each row is a distribution.
+        return (probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def predict_emotion(self, face: np.ndarray) -> str:
+        """One face crop -> its most probable label."""
+        face = np.asarray(face)
+        if face.ndim not in (2, 3):
+            raise ValueError(f"predict_emotion takes one face (H,W) or (H,W,3), got shape {face.shape}")
+        return self.labels[int(np.argmax(self.predict_proba([face])[0]))]
+
+    def _run_tflite(self, x: np.ndarray) -> np.ndarray:
+        if self._batch != len(x):  # one interpreter call for the whole batch
+            self._interp.resize_tensor_input(self._in["index"], [len(x), *x.shape[1:]])
+            self._interp.allocate_tensors()
+            self._batch = len(x)
+        if self._in_q is not None:
+            x = quantize(x, *self._in_q)
+        self._interp.set_tensor(self._in["index"], x)
+        self._interp.invoke()
+        out = self._interp.get_tensor(self._out["index"])
+        return dequantize(out, *self._out_q) if self._out_q is not None else out.astype(np.float32)
+
+    def _run_keras(self, x: np.ndarray) -> np.ndarray:
+        parts = [np.asarray(self._keras(x[i:i + KERAS_BATCH], training=False))
+                 for i in range(0, len(x), KERAS_BATCH)]
+        return np.concatenate(parts).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"FacialExpressionModel({str(self.model_dir)!r}, form={self.form!r})"

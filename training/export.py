@@ -1,0 +1,263 @@
+"""Export a trained model to a self-describing model directory (see shared/model.py for its files),
+checked form against form: float32 TFLite against Keras, int8 TFLite against float32.
+
+    python -m training export --run-dir runs/xw --out shared/bundled_model [--flip-tta]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shared.labels import EMOTIONS
+from shared.model import CARD, MODEL_JSON, TFLITE_FILES, WEIGHTS, FacialExpressionModel
+from shared.preprocess import FACE_SIZE, to_model_input
+from training.evaluate import classification_report, evaluate, format_report, keras_predict, predict_all
+
+log = logging.getLogger(__name__)
+
+CARD_VERSION = 1
+MAX_INT8_DROP = 0.01          # int8 may lose at most 1 accuracy point on PublicTest
+FLOAT32_TOLERANCE = 1e-4      # max |p_tflite - p_keras| for the float32 form
+PREPROCESS = ("shared.preprocess.prepare_faces + to_model_input: BGR->gray (cv2.COLOR_BGR2GRAY), resize to "
+              "48x48 (INTER_AREA shrinking, INTER_LINEAR enlarging), float32 pixel/255 in [0,1], shape (N,48,48,1)")
+
+
+class ExportError(RuntimeError):
+    """An export that failed one of its checks; the message says which and by how much."""
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run(run_dir: str | Path, weights: str = "best"):
+    """Rebuild a training run's model (no augmentation: it is identity at inference) from its config.json
+    and load its checkpoint ("best": best.weights.h5 chosen on PublicTest, or a path). -> (model, config)."""
+    from training.models import create_model
+    from training.train import BEST_WEIGHTS, CONFIG
+
+    run = Path(run_dir)
+    cfg = _read_json(run / CONFIG)
+    if cfg is None:
+        raise FileNotFoundError(f"{run / CONFIG} is missing; is {run} a run directory of `ferlive train`?")
+    path = run / BEST_WEIGHTS if weights == "best" else Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is missing (train the run first, or pass --weights PATH)")
+    model = create_model(cfg["model"])
+    model.load_weights(str(path))
+    return model, cfg
+
+
+def flip_tta_model(model):
+    """The model wrapped to average its prediction over the face and its mirror image (serialisable)."""
+    import keras
+
+    face = keras.Input(shape=model.input_shape[1:], name="face")
+    both = [model(face), model(keras.ops.flip(face, axis=2))]
+    return keras.Model(face, keras.layers.Average(name="probs_flip_tta")(both), name=f"{model.name}_flip_tta")
+
+
+def convert_tflite(model, representative: np.ndarray) -> tuple[bytes, bytes]:
+    """Keras model -> (float32 TFLite, full-integer int8 TFLite) via a SavedModel.
+    representative: uint8 faces (N,48,48) used to calibrate int8 ranges."""
+    import tensorflow as tf
+
+    def calibration():
+        for face in representative:
+            yield [to_model_input(face[None])]
+
+    with tempfile.TemporaryDirectory(prefix="ferlive-export-") as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        float_model = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = calibration
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+        int8_model = conv.convert()
+    return float_model, int8_model
+
+
+def _quant_params(tflite_path: Path) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tflite_path))
+    params = {}
+    for role, details in (("input", interp.get_input_details()[0]), ("output", interp.get_output_details()[0])):
+        scale, zero_point = details["quantization"]
+        params[role] = {"dtype": np.dtype(details["dtype"]).name, "scale": float(scale), "zero_point": int(zero_point)}
+    return params
+
+
+def write_model_dir(model, out_dir: str | Path, representative: np.ndarray, name: str | None = None,
+                    flip_tta: bool = False, extra: dict | None = None) -> dict:
+    """Write model.json, model.weights.h5, both TFLite forms and a card (no metrics yet); returns the card.
+    With flip_tta the model is wrapped so every form averages over the face and its mirror."""
+    import keras
+    import tensorflow as tf
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arch = model.name
+    if flip_tta:
+        model = flip_tta_model(model)
+    (out / MODEL_JSON).write_text(model.to_json())
+    model.save_weights(str(out / WEIGHTS))
+    float_bytes, int8_bytes = convert_tflite(model, representative)
+    (out / TFLITE_FILES["float32"]).write_bytes(float_bytes)
+    (out / TFLITE_FILES["int8"]).write_bytes(int8_bytes)
+    quant = _quant_params(out / TFLITE_FILES["int8"])
+    if not np.isclose(quant["input"]["scale"], 1 / 255, rtol=1e-3):
+        log.warning("int8 input scale is %g, not 1/255: uint8 pixels do not map one to one", quant["input"]["scale"])
+    card = {
+        "format_version": CARD_VERSION,
+        "name": name or arch,
+        "architecture": arch,
+        "labels": list(EMOTIONS),
+        "input": {"shape": [FACE_SIZE, FACE_SIZE, 1], "color": "gray", "dtype": "float32", "range": [0.0, 1.0],
+                  "preprocess": PREPROCESS},
+        "output": "softmax probabilities (N,7) in the order of `labels` (FER2013 codes)",
+        "flip_tta": flip_tta,
+        "files": {"card": CARD, "keras_json": MODEL_JSON, "keras_weights": WEIGHTS, **TFLITE_FILES},
+        "parameters": int(model.count_params()),
+        "quantization": {"int8": {**quant, "scheme": "full-integer post-training quantisation",
+                                  "representative_faces": int(len(representative))}},
+        "exported": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "tensorflow": tf.__version__, "keras": keras.__version__},
+        **(extra or {}),
+    }
+    (out / CARD).write_text(json.dumps(card, indent=2))
+    return card
+
+
+def representative_faces(train_faces: np.ndarray, count: int = 500, seed: int = 0) -> np.ndarray:
+    """`count` seeded random Training faces for int8 calibration."""
+    rng = np.random.default_rng(seed)
+    return train_faces[rng.permutation(len(train_faces))[:count]]
+
+
+def check_int8_gate(float_acc: float, int8_acc: float, max_drop: float = MAX_INT8_DROP) -> dict:
+    """Raise ExportError if int8 PublicTest accuracy is more than max_drop below float32."""
+    drop = float_acc - int8_acc
+    if drop > max_drop:
+        raise ExportError(f"int8 PublicTest accuracy {int8_acc:.4f} is {100 * drop:.2f} points below float32 "
+                          f"{float_acc:.4f} (allowed: {100 * max_drop:.2f}); calibrate with more faces or keep "
+                          f"the float32 model")
+    return {"float32_publictest": float_acc, "int8_publictest": int8_acc, "drop_points": 100 * drop,
+            "max_drop_points": 100 * max_drop, "passed": True}
+
+
+def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None = None, weights: str = "best",
+                 flip_tta: bool = False, calibration_faces: int = 500, seed: int = 0,
+                 max_int8_drop: float | None = MAX_INT8_DROP, name: str | None = None) -> dict:
+    """Export a Keras model or a training run directory to out_dir and measure every form on PublicTest
+    and PrivateTest. Raises ExportError when float32 TFLite disagrees with Keras or int8 loses more
+    than max_int8_drop PublicTest accuracy (None: skip that gate). Returns the card."""
+    from training.data import load_fer2013
+
+    training = None
+    if isinstance(model_or_run_dir, (str, Path)):
+        run = Path(model_or_run_dir)
+        model, cfg = load_run(run, weights)
+        data = data if data is not None else cfg.get("data")
+        training = {"run_dir": str(run), "weights": weights if weights != "best" else "best.weights.h5",
+                    "command": cfg.get("command"), "timing": _read_json(run / "timing.json"),
+                    "config": {k: v for k, v in cfg.items() if k != "command"}}
+        if training["timing"] is None:
+            log.warning("%s has no timing.json; the card will carry no training time", run)
+    else:
+        model = model_or_run_dir
+    fer = load_fer2013(data)
+    train_split = fer.split("Training")
+    public, private = fer.split("PublicTest"), fer.split("PrivateTest")
+    calib = representative_faces(train_split.faces, calibration_faces, seed)
+
+    out = Path(out_dir)
+    extra = {"training": training,
+             "calibration": {"split": "Training", "count": int(len(calib)), "seed": seed}}
+    if flip_tta:  # what the network scores without the baked-in flip, to judge whether TTA pays
+        extra["without_flip_tta"] = {n: evaluate(keras_predict(model), s.faces, s.labels)["accuracy"]
+                                     for n, s in (("PublicTest", public), ("PrivateTest", private))}
+    card = write_model_dir(model, out, calib, name=name, flip_tta=flip_tta, extra=extra)
+
+    forms = {"keras": FacialExpressionModel(out, backend="keras"),
+             "float32": FacialExpressionModel(out, precision="float32"),
+             "int8": FacialExpressionModel(out, precision="int8")}
+    metrics: dict = {"data": str(data) if data is not None else "default (../shared fer2013-images.zip)"}
+    probs = {}
+    for split_name, split in (("PublicTest", public), ("PrivateTest", private)):
+        row = {"n": int(len(split))}
+        for form, fem in forms.items():
+            p = predict_all(fem.predict_proba, split.faces)
+            p_tta = 0.5 * (p + predict_all(fem.predict_proba, np.ascontiguousarray(split.faces[:, :, ::-1])))
+            probs[form, split_name] = p
+            row[form] = {"accuracy": classification_report(split.labels, p)["accuracy"],
+                         "accuracy_flip_tta": classification_report(split.labels, p_tta)["accuracy"]}
+            log.info("%s %s: accuracy %.4f, with flip TTA %.4f", form, split_name, row[form]["accuracy"],
+                     row[form]["accuracy_flip_tta"])
+        metrics[split_name] = row
+    report = classification_report(private.labels, probs["int8", "PrivateTest"])
+    metrics["int8_PrivateTest"] = {k: report[k] for k in ("accuracy", "macro_f1", "per_class", "confusion")}
+    metrics["int8_PrivateTest"]["recall"] = {k: v["recall"] for k, v in report["per_class"].items()}
+    print(format_report(report, f"{card['name']} int8 on PrivateTest"))
+
+    both = np.concatenate([probs["keras", "PublicTest"], probs["keras", "PrivateTest"]])
+    f32 = np.concatenate([probs["float32", "PublicTest"], probs["float32", "PrivateTest"]])
+    i8 = np.concatenate([probs["int8", "PublicTest"], probs["int8", "PrivateTest"]])
+    checks = {"float32_vs_keras_max_abs_diff": float(np.abs(f32 - both).max()),
+              "int8_vs_float32_max_abs_diff": float(np.abs(i8 - f32).max()),
+              "int8_vs_float32_argmax_agreement": float(np.mean(i8.argmax(1) == f32.argmax(1)))}
+    card["metrics"], card["checks"] = metrics, checks
+    (out / CARD).write_text(json.dumps(card, indent=2))
+    if checks["float32_vs_keras_max_abs_diff"] > FLOAT32_TOLERANCE:
+        raise ExportError(f"float32 TFLite differs from Keras by {checks['float32_vs_keras_max_abs_diff']:.2e} "
+                          f"(allowed {FLOAT32_TOLERANCE:.0e}); the conversion is broken")
+    if max_int8_drop is not None:
+        try:
+            checks["int8_gate"] = check_int8_gate(metrics["PublicTest"]["float32"]["accuracy"],
+                                                  metrics["PublicTest"]["int8"]["accuracy"], max_int8_drop)
+        except ExportError as e:
+            checks["int8_gate"] = {"passed": False, "error": str(e)}
+            raise
+        finally:
+            (out / CARD).write_text(json.dumps(card, indent=2))
+    return card
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("export", help="export a training run to a model directory (JSON, weights, TFLite)",
+                       description="Rebuild the run's model, load its best PublicTest checkpoint and write "
+                                   "model.json, model.weights.h5, model_float32.tflite, model_int8.tflite and "
+                                   "card.json (metrics of every form). Fails if int8 loses more than "
+                                   "--max-int8-drop PublicTest points.")
+    p.add_argument("--run-dir", required=True, help="training run directory (config.json, best.weights.h5)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--data", default=None, help="FER2013 CSV, folder or zip (default: the run's data)")
+    p.add_argument("--weights", default="best", help="best (best.weights.h5) or a .weights.h5 path")
+    p.add_argument("--flip-tta", action="store_true", help="bake horizontal-flip TTA into every form")
+    p.add_argument("--calibration-faces", type=int, default=500, help="Training faces for int8 calibration")
+    p.add_argument("--max-int8-drop", type=float, default=100 * MAX_INT8_DROP,
+                   help="largest allowed int8 PublicTest accuracy loss, in points")
+    p.add_argument("--name", default=None, help="model name for the card (default: the architecture)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(a) -> int:
+    try:
+        card = export_model(a.run_dir, a.out, data=a.data, weights=a.weights, flip_tta=a.flip_tta,
+                            calibration_faces=a.calibration_faces, max_int8_drop=a.max_int8_drop / 100,
+                            name=a.name)
+    except ExportError as e:
+        log.error("export failed: %s", e)
+        return 1
+    m = card["metrics"]
+    print(f"exported {card['name']} to {a.out}: " + ", ".join(
+        f"{form} {m['PublicTest'][form]['accuracy']:.4f}/{m['PrivateTest'][form]['accuracy']:.4f}"
+        for form in ("keras", "float32", "int8")) + " (PublicTest/PrivateTest)")
+    return 0

@@ -120,9 +120,9 @@ class Config:
         cls.add_arguments(parser)
         ns = vars(parser.parse_args(argv))
         by_name = {f.name: f for f in fields(cls)}
-        overrides = {k: (v if isinstance(v, bool) else _parse(by_name[k], v, "--" + k.replace("_", "-")))
-                     for k, v in ns.items()}
         try:
+            overrides = {k: (v if isinstance(v, bool) else _parse(by_name[k], v, "--" + k.replace("_", "-")))
+                         for k, v in ns.items()}
             return cls.from_env(env, **overrides)
         except ConfigError as exc:
             parser.error(str(exc))

@@ -32,3 +32,22 @@ def images_zip() -> Path:
 def sample_data(sample_csv):
     from training.data import load_fer2013
     return load_fer2013(sample_csv)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(sample_csv, tmp_path_factory) -> Path:
+    """A `tiny_cnn` training run: 3 epochs on 30 faces per class of the sample CSV (a few seconds)."""
+    from training.train import TrainConfig, train
+    run = tmp_path_factory.mktemp("tiny_run")
+    train(TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(run), epochs=3, batch_size=32,
+                      warmup_epochs=0, label_smoothing=0.0, augment=None, per_class=30), verbose=0)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_run_dir, tmp_path_factory) -> Path:
+    """That run exported to a model directory (the int8 accuracy gate is off: the model is near chance)."""
+    from training.export import export_model
+    out = tmp_path_factory.mktemp("tiny_model") / "model"
+    export_model(tiny_run_dir, out, max_int8_drop=None)
+    return out

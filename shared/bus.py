@@ -6,9 +6,9 @@
     every stage ──PUB heartbeat (connect)──▶ heartbeat_endpoint ◀── web: SUB (bind)
 
 * Live data is PUB/SUB with a small high-water mark and small kernel buffers, and the receiver drains to
-  the newest message (``recv_newest``): a slow consumer skips frames instead of falling behind, so
-  latency never grows with time. No CONFLATE (it breaks multi-part and ordering); dropping happens at
-  the HWM and in ``recv_newest``.
+  the newest message (``NewestReceiver``, a thread that drains the SUB socket and keeps one slot): a slow
+  consumer skips frames instead of falling behind, so latency never grows with time. No CONFLATE (it breaks multi-part and ordering); dropping happens at
+  the HWM and in ``NewestReceiver``.
 * Work is PUSH/PULL: detect is the ventilator, the classify workers pull, annotate is the sink; each
   message goes to exactly one worker. Sends are non-blocking (``send_nowait``): when every worker is
   busy, detect drops the frame and counts it instead of queueing.
@@ -30,9 +30,10 @@ import logging
 import os
 import signal
 import socket as _socket
+import threading
 import time
 from collections import Counter
-from typing import Optional
+from typing import Callable, Optional
 
 import zmq
 
@@ -141,6 +142,58 @@ def send_nowait(sock: zmq.Socket, data: bytes) -> bool:
         return True
     except zmq.Again:
         return False
+
+
+def send_within(sock: zmq.Socket, data: bytes, timeout_ms: int) -> bool:
+    """Send, waiting at most ``timeout_ms`` for room (a result is worth a short wait); False = dropped."""
+    if sock.poll(timeout_ms, zmq.POLLOUT):
+        return send_nowait(sock, data)
+    return False
+
+
+class NewestReceiver:
+    """A thread that drains a SUB socket as fast as messages come and keeps only the newest, so a slow
+    stage always gets the latest frame (a PUB drops *new* messages at its HWM, so draining in the slow
+    loop itself would hand it an old one). ``get(timeout_s)`` -> (newest or None, skipped since last)."""
+
+    def __init__(self, ctx: zmq.Context, make: "Callable[[], zmq.Socket]") -> None:
+        self._make, self._ctx = make, ctx
+        self._cond = threading.Condition()
+        self._latest: Optional[bytes] = None
+        self._skipped = 0
+        self._stop = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="newest-receiver", daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _loop(self) -> None:
+        sock = self._make()
+        self._ready.set()
+        try:
+            while not self._stop:
+                if not sock.poll(50, zmq.POLLIN):
+                    continue
+                data = sock.recv(copy=True)
+                with self._cond:
+                    if self._latest is not None:
+                        self._skipped += 1
+                    self._latest = data
+                    self._cond.notify()
+        finally:
+            sock.close(0)
+
+    def get(self, timeout_s: float) -> tuple[Optional[bytes], int]:
+        with self._cond:
+            if self._latest is None:
+                self._cond.wait(timeout_s)
+            data, skipped = self._latest, self._skipped
+            self._latest, self._skipped = None, 0
+            return data, skipped
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(1.0)
 
 
 def recv_newest(sock: zmq.Socket, timeout_ms: int) -> tuple[Optional[bytes], int]:

@@ -68,7 +68,7 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
             if preds is None:
                 continue
             preds.frame.stamps.append(("classify", t_recv, time.time()))
-            if bus.send_nowait(push, encode(preds)):
+            if bus.send_within(push, encode(preds), 200):
                 hb.counters["frames_out"] += 1
             else:
                 hb.counters["dropped_no_sink"] += 1

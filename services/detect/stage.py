@@ -77,13 +77,14 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
         should_stop: Callable[[], bool] = lambda: False) -> None:
     """SUB frames (newest only) -> detect -> PUSH faces to the classify workers, until Shutdown."""
     ctx = ctx or zmq.Context.instance()
-    sub, push = bus.frames_sub(cfg, ctx), bus.faces_ventilator(cfg, ctx)
+    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx))
+    push = bus.faces_ventilator(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval)
     stage = DetectStage(detector, hb.counters)
     try:
         while not should_stop():
             hb.tick()
-            data, skipped = bus.recv_newest(sub, 100)
+            data, skipped = newest.get(0.1)
             if data is None:
                 continue
             t_recv = time.time()
@@ -100,5 +101,6 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
                 hb.counters["dropped_busy"] += 1  # every worker busy (or none): newest frames win
     finally:
         hb.tick(force=True)
-        for s in (sub, push, hb.sock):
+        newest.close()
+        for s in (push, hb.sock):
             s.close(0)

@@ -1,0 +1,64 @@
+"""``python -m services.web [--host 127.0.0.1] [--port 8000] [--cert CERT --key KEY] [pipeline flags]``
+
+Serves the app with Werkzeug's threaded server (never in debug mode). Binds 127.0.0.1 unless told
+otherwise; with --cert/--key it serves HTTPS (browsers give the camera only to https:// or localhost).
+For production use gunicorn with ONE worker and threads (the pipeline subscription is per process):
+
+    gunicorn -w 1 -k gthread --threads 32 -b 127.0.0.1:8000 'services.web:create_app()'
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Optional, Sequence
+
+from werkzeug.serving import make_server
+
+log = logging.getLogger("services.web")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from services.web import close_app, create_app
+    from shared.config import Config, ConfigError, _parse
+
+    parser = argparse.ArgumentParser(prog="python -m services.web", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this "
+                        "machine only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--cert", help="TLS certificate (PEM) to serve HTTPS; needs --key")
+    parser.add_argument("--key", help="TLS private key (PEM) for --cert")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body in MB (413 beyond)")
+    Config.add_arguments(parser)
+    ns = vars(parser.parse_args(argv))
+    host, port, cert, key = ns.pop("host"), ns.pop("port"), ns.pop("cert"), ns.pop("key")
+    max_upload = int(ns.pop("max_upload_mb") * 1024 * 1024)
+    if bool(cert) != bool(key):
+        parser.error("--cert and --key go together")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    try:
+        cfg = Config.from_env(**{k: v if isinstance(v, bool) else _parse(fields[k], v, "--" + k)
+                                 for k, v in ns.items()})
+    except ConfigError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+                        format="%(asctime)s web[%(process)d] %(levelname)s %(name)s: %(message)s")
+    app = create_app({"FERLIVE": cfg, "MAX_CONTENT_LENGTH": max_upload})
+    server = make_server(host, port, app, threaded=True, ssl_context=(cert, key) if cert else None)
+    scheme = "https" if cert else "http"
+    log.info("serving on %s://%s:%d (annotated from %s)", scheme, host, server.server_port,
+             cfg.annotated_endpoint)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        close_app(app)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""JSON API: /api/latest, /api/health, /api/model, POST /api/predict."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, abort, current_app, jsonify, request
+
+from services.web.hub import BROWSER_PREFIX, result_json
+from services.web.images import ImageError, decode_image
+from shared.labels import EMOTIONS
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _bad_request(message: str):
+    return jsonify(error=message, status=400), 400
+
+
+@bp.get("/latest")
+def latest():
+    """The newest annotated frame's faces for the main source (or ?source=ID)."""
+    source = request.args.get("source") or None
+    if source and source.startswith(BROWSER_PREFIX):
+        abort(404, description="browser sources are answered on their own WebSocket only")
+    hub = current_app.extensions["ferlive.hub"]
+    msg, t_recv = hub.latest(source) if hub is not None else (None, 0.0)
+    if msg is None:
+        return jsonify(source_id=source, seq=None, faces=[], age_ms=None, width=None, height=None)
+    f = msg.frame
+    return jsonify(source_id=f.source_id, seq=f.seq, t_capture=f.t_capture, width=f.width, height=f.height,
+                   age_ms=round((time.time() - t_recv) * 1e3, 1), faces=result_json(msg))
+
+
+@bp.get("/health")
+def health():
+    """Each stage alive or not (heartbeats), frames/s per source, latency p50/p95 per stage and hop."""
+    hub = current_app.extensions["ferlive.hub"]
+    if hub is None:
+        return jsonify(ok=False, stages={}, sources={}, latency_ms={}, main_source=None,
+                       web={"websocket_clients": 0}, error="this web process has no pipeline link")
+    return jsonify(hub.health())
+
+
+def model_summary(card: dict[str, Any]) -> dict[str, Any]:
+    """The parts of an exported model's card.json the page and clients need."""
+    metrics = card.get("metrics") or {}
+    accuracies = {split: {form: row[form].get("accuracy") for form in row if isinstance(row[form], dict)}
+                  for split, row in metrics.items() if split in ("PublicTest", "PrivateTest")}
+    int8 = metrics.get("int8_PrivateTest") or {}
+    exported = (card.get("exported") or {}).get("time")
+    version = card.get("version") or (f"{card.get('name', 'model')}@{exported}" if card else None)
+    return {"labels": list(card.get("labels") or EMOTIONS), "version": version, "name": card.get("name"),
+            "architecture": card.get("architecture"), "parameters": card.get("parameters"),
+            "exported": exported, "input": card.get("input"),
+            "accuracy": int8.get("accuracy"), "accuracy_note": "int8 TFLite on FER2013 PrivateTest",
+            "macro_f1": int8.get("macro_f1"), "recall": int8.get("recall"), "accuracies": accuracies}
+
+
+@bp.get("/model")
+def model():
+    """Labels, accuracies and version of the model that answers /api/predict (from its card.json)."""
+    return jsonify(model_summary(current_app.extensions["ferlive.model_card"]))
+
+
+def _upload_bytes() -> bytes:
+    """The image from a multipart form (field 'image', else the only file) or the raw request body."""
+    if request.mimetype == "multipart/form-data":
+        files = request.files
+        f = files.get("image") or files.get("file") or (next(iter(files.values())) if files else None)
+        if f is None:
+            raise ImageError("multipart form has no file: send the image in the field 'image'")
+        return f.read()
+    return request.get_data(cache=False)
+
+
+@bp.post("/predict")
+def predict():
+    """An image (multipart 'image' or raw JPEG/PNG body) -> faces with box, emotion and scores."""
+    t0 = time.perf_counter()
+    try:
+        data = _upload_bytes()
+        image = decode_image(data, max_side=current_app.config["MAX_IMAGE_SIDE"])
+    except ImageError as exc:
+        return _bad_request(str(exc))
+    t1 = time.perf_counter()
+    predictor = current_app.extensions["ferlive.predictor"].get()
+    results, steps = predictor.predict(image.frame_bgr, image.scale)
+    total = (time.perf_counter() - t0) * 1e3
+    return jsonify(faces=[r.to_json() for r in results], width=image.original_wh[0],
+                   height=image.original_wh[1], timing_ms=round(total, 2),
+                   steps_ms={"decode": round((t1 - t0) * 1e3, 2), **steps})

@@ -1,0 +1,290 @@
+"""The web process's one link to the pipeline: one thread, one SUB socket on the annotated output.
+
+``PipelineHub`` (registered once in ``app.extensions["ferlive.hub"]``) owns:
+
+* ``annotated_sub`` (SUB, connects): every annotated frame. The newest frame of each source is kept in a
+  slot guarded by a condition variable; any number of MJPEG viewers wait on it and each takes the newest
+  when it is ready for one, so a slow viewer skips frames and nothing queues.
+* ``heartbeat_sub`` (SUB, binds): each stage's heartbeats -> alive or not.
+* ``web_frames_pub`` (PUB, binds ``web_frames_endpoint``): frames from browsers, published into the
+  pipeline as their own sources; detect's frames SUB connects to it as well as to capture's PUB.
+  Annotated results of such a source are handed to the one callback registered for it (its WebSocket),
+  never to anyone else.
+
+Per-stage latency p50/p95 comes from the stamps each stage appends to a frame (``messages.latencies``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import zmq
+
+from shared import bus
+from shared.config import Config
+from shared.messages import Annotated, Frame, Heartbeat, MessageError, decode, encode, latencies
+
+log = logging.getLogger(__name__)
+
+BROWSER_PREFIX = "browser-"
+DEFAULT_WEB_FRAMES_ENDPOINT = "tcp://127.0.0.1:5556"
+STAGES: tuple[str, ...] = ("capture", "detect", "classify", "annotate")
+
+
+def web_frames_endpoint(cfg: Config) -> str:
+    """Where the web binds its PUB of browser frames (Config field if present, else env, else default)."""
+    return (getattr(cfg, "web_frames_endpoint", "") or os.environ.get("FERLIVE_WEB_FRAMES_ENDPOINT")
+            or DEFAULT_WEB_FRAMES_ENDPOINT)
+
+
+def web_frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    """PUB (binds) of frames from browsers; detect's SUB connects to it beside ``frames_endpoint``."""
+    return bus.make_socket(ctx, "PUB", "web_frames_pub", web_frames_endpoint(cfg), bind=True,
+                           hwm=max(cfg.pub_hwm, 16), sock_buf=cfg.sock_buf)
+
+
+@dataclass
+class SourceSlot:
+    """The newest annotated frame of one source and a rate counter."""
+
+    frame: Optional[Annotated] = None
+    t_recv: float = 0.0
+    count: int = 0
+    arrivals: deque = field(default_factory=lambda: deque(maxlen=120))
+
+    def fps(self, now: float, window: float = 3.0) -> float:
+        recent = [t for t in self.arrivals if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+
+def result_json(msg: Annotated) -> list[dict[str, Any]]:
+    """An annotated frame's faces as the API's JSON (box, emotion, smoothed scores, track id)."""
+    return [{"box": list(r.box_xywh), "emotion": r.emotion,
+             "scores": {k: round(v, 4) for k, v in r.scores.items()}, "track_id": r.track_id}
+            for r in msg.results]
+
+
+class PipelineHub:
+    """One background thread holding the web's pipeline sockets; thread-safe readers for the routes."""
+
+    def __init__(self, cfg: Config, ctx: Optional[zmq.Context] = None, *, ingest: bool = True,
+                 heartbeats: bool = True, latency_window: int = 300) -> None:
+        self.cfg = cfg
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self._cond = threading.Condition()
+        self._slots: dict[str, SourceSlot] = {}
+        self._hearts: dict[tuple[str, str], tuple[float, Heartbeat]] = {}
+        self._lat: dict[str, deque] = {}
+        self._lat_window = latency_window
+        self._routes: dict[str, Callable[[Annotated], None]] = {}
+        self._pub_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.bad_messages = 0
+        self._browser_frames = 0
+        # Sockets are created here but used only by the hub thread (the PUB: under _pub_lock).
+        self._sub = bus.annotated_sub(cfg, self.ctx)
+        self._hb = bus.heartbeat_sub(cfg, self.ctx) if heartbeats else None
+        self._pub = web_frames_pub(cfg, self.ctx) if ingest else None
+        self._thread = threading.Thread(target=self._run, name="ferlive-hub", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the one subscriber thread
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sub, zmq.POLLIN)
+        if self._hb is not None:
+            poller.register(self._hb, zmq.POLLIN)
+        while not self._stop.is_set():
+            try:
+                ready = dict(poller.poll(200))
+            except zmq.ZMQError:
+                if self._stop.is_set():
+                    break
+                raise
+            if self._sub in ready:
+                self._drain_annotated()
+            if self._hb is not None and self._hb in ready:
+                self._drain_heartbeats()
+
+    def _drain_annotated(self) -> None:
+        # Every message is decoded (browser sources need each of theirs); the slot keeps the newest only.
+        while True:
+            try:
+                data = self._sub.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            now = time.time()
+            try:
+                msg = decode(data, expect="annotated")
+            except MessageError as exc:
+                self.bad_messages += 1
+                log.warning("annotated: dropped a bad message: %s", exc)
+                continue
+            self._on_annotated(msg, now)
+
+    def _on_annotated(self, msg: Annotated, now: float) -> None:
+        source = msg.frame.source_id
+        lat = latencies(msg)
+        if msg.frame.stamps:
+            lat["annotate->web"] = (now - msg.frame.stamps[-1][2]) * 1e3
+            lat["total"] = (now - msg.frame.stamps[0][1]) * 1e3
+        browser = source.startswith(BROWSER_PREFIX)
+        with self._cond:
+            for key, ms in lat.items():
+                self._lat.setdefault(key, deque(maxlen=self._lat_window)).append(ms)
+            if browser:  # a browser's frames go to its own socket only and are never kept here
+                callback = self._routes.get(source)
+                self._browser_frames += 1
+            else:
+                callback = None
+                slot = self._slots.setdefault(source, SourceSlot())
+                slot.frame, slot.t_recv = msg, now
+                slot.count += 1
+                slot.arrivals.append(now)
+                self._cond.notify_all()
+        if callback is not None:
+            try:
+                callback(msg)
+            except Exception:  # a client's callback must never kill the subscriber
+                log.exception("callback for %s failed", source)
+
+    def _drain_heartbeats(self) -> None:
+        while True:
+            try:
+                data = self._hb.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                hb = decode(data, expect="heartbeat")
+            except MessageError as exc:
+                self.bad_messages += 1
+                log.warning("heartbeat: dropped a bad message: %s", exc)
+                continue
+            with self._cond:
+                self._hearts[(hb.stage, hb.instance)] = (time.time(), hb)
+
+    # ------------------------------------------------------------------ browser sources
+    def register(self, source_id: str, callback: Callable[[Annotated], None]) -> None:
+        """Send this source's annotated frames to `callback` (called on the hub thread: keep it short)."""
+        with self._cond:
+            self._routes[source_id] = callback
+
+    def unregister(self, source_id: str) -> None:
+        """Forget a browser source's route; its later results are dropped."""
+        with self._cond:
+            self._routes.pop(source_id, None)
+
+    def publish_frame(self, source_id: str, seq: int, jpeg: bytes, width: int, height: int,
+                      t_recv: float) -> bool:
+        """Publish a browser frame into the pipeline; False if it was not sent (no ingest, or queue full)."""
+        if self._pub is None:
+            return False
+        t_send = time.time()
+        frame = Frame(source_id=source_id, seq=seq, t_capture=t_recv, jpeg=jpeg, width=width, height=height,
+                      stamps=[("web", t_recv, t_send)])
+        data = encode(frame)
+        with self._pub_lock:
+            if self._stop.is_set():
+                return False
+            return bus.send_nowait(self._pub, data)
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def clients(self) -> int:
+        with self._cond:
+            return len(self._routes)
+
+    # ------------------------------------------------------------------ readers for the routes
+    def main_source(self) -> Optional[str]:
+        """The most recently updated source (browsers' sources are never kept, so never shown)."""
+        with self._cond:
+            return self._main_locked()
+
+    def latest(self, source: Optional[str] = None) -> tuple[Optional[Annotated], float]:
+        """(newest annotated frame of `source` (default: main source) or None, its receive time)."""
+        source = source or self.main_source()
+        with self._cond:
+            slot = self._slots.get(source) if source else None
+            return (slot.frame, slot.t_recv) if slot else (None, 0.0)
+
+    def _main_locked(self) -> Optional[str]:
+        best = max(((s.t_recv, k) for k, s in self._slots.items()), default=None)
+        return best[1] if best else None
+
+    def next_frame(self, source: Optional[str], after: int, timeout: float) -> tuple[Optional[Annotated], int]:
+        """(newest frame of `source` newer than count `after`, its count) or (None, after) on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stop.is_set():
+                name = source or self._main_locked()
+                slot = self._slots.get(name) if name else None
+                if slot is not None and slot.count > after:
+                    return slot.frame, slot.count
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        return None, after
+
+    def health(self) -> dict[str, Any]:
+        """Stages alive (heartbeat within 3 intervals), frames/s per source, latency p50/p95 per stage/hop."""
+        now = time.time()
+        with self._cond:
+            hearts = list(self._hearts.values())
+            lat = {k: np.asarray(v, dtype=np.float64) for k, v in self._lat.items() if v}
+            sources = {k: {"fps": round(s.fps(now), 2), "frames": s.count,
+                           "age_s": round(now - s.t_recv, 3)} for k, s in self._slots.items()}
+            clients = len(self._routes)
+        stages: dict[str, dict[str, Any]] = {name: {"alive": False, "instances": 0, "age_s": None,
+                                                    "status": "no heartbeat", "detail": ""}
+                                             for name in STAGES}
+        for t_seen, hb in hearts:
+            alive = now - t_seen <= 3 * max(hb.interval, 0.1) and hb.status != "eof"
+            st = stages.setdefault(hb.stage, {"alive": False, "instances": 0, "age_s": None,
+                                              "status": "no heartbeat", "detail": ""})
+            age = now - t_seen
+            if alive:
+                st["instances"] += 1
+            if st["age_s"] is None or age < st["age_s"]:
+                st.update(age_s=round(age, 3), status=hb.status, detail=hb.detail,
+                          counters=hb.counters)
+            st["alive"] = st["alive"] or alive
+        return {
+            "ok": all(s["alive"] for s in stages.values()),
+            "stages": stages,
+            "main_source": self.main_source(),
+            "sources": sources,
+            "latency_ms": {k: {"p50": round(float(np.percentile(v, 50)), 2),
+                               "p95": round(float(np.percentile(v, 95)), 2), "n": int(v.size)}
+                           for k, v in sorted(lat.items())},
+            "web": {"websocket_clients": clients, "browser_frames": self._browser_frames,
+                    "bad_messages": self.bad_messages},
+        }
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Stop the thread and close the sockets (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=2)
+        with self._pub_lock:
+            for sock in (self._sub, self._hb, self._pub):
+                if sock is not None:
+                    sock.close(0)
+        if self._own_ctx:
+            self.ctx.term()

@@ -1,0 +1,57 @@
+// The live page: the MJPEG <img> plays by itself; this polls /api/latest for the faces and
+// /api/health for the stages, frames/s and latency. One request of each kind in flight at a time.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const source = new URLSearchParams(location.search).get("source");
+  const q = source ? "?source=" + encodeURIComponent(source) : "";
+  let lastKey = null;
+
+  async function pollLatest() {
+    try {
+      const r = await fetch("/api/latest" + q, { cache: "no-store" });
+      if (r.ok) {
+        const d = await r.json();
+        const key = `${d.source_id}:${d.seq}`;
+        if (key !== lastKey) {
+          lastKey = key;
+          const faces = d.faces || [];
+          FER.renderList($("faces"), faces);
+          $("face-count").textContent = faces.length;
+          $("faces-empty").hidden = faces.length > 0;
+          $("faces-empty").textContent = d.seq == null ? "Waiting for the first annotated frame…"
+                                                       : "No face in the latest frame.";
+        }
+      }
+    } catch (e) { /* server restarting: try again */ }
+    setTimeout(pollLatest, 150);
+  }
+
+  function fmt(v) { return v == null ? "–" : v.toFixed(v < 10 ? 1 : 0); }
+
+  async function pollHealth() {
+    try {
+      const r = await fetch("/api/health", { cache: "no-store" });
+      const h = await r.json();
+      const stages = $("stages");
+      stages.replaceChildren();
+      for (const [name, s] of Object.entries(h.stages)) {
+        const pill = document.createElement("span");
+        pill.className = "pill " + (s.alive ? "up" : "down");
+        pill.textContent = name + (s.instances > 1 ? ` ×${s.instances}` : "");
+        pill.title = s.alive ? `alive, last heartbeat ${fmt(s.age_s)} s ago` : (s.detail || "no heartbeat");
+        stages.append(pill);
+      }
+      const src = h.sources[source || h.main_source] || {};
+      $("fps").textContent = fmt(src.fps);
+      const total = (h.latency_ms || {}).total || {};
+      $("lat-p50").textContent = fmt(total.p50);
+      $("lat-p95").textContent = fmt(total.p95);
+    } catch (e) { /* try again */ }
+    setTimeout(pollHealth, 1000);
+  }
+
+  pollLatest();
+  pollHealth();
+})();

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from shared.labels import EMOTIONS
+from shared.labels import EMOTIONS, NUM_CLASSES
 from shared.messages import FaceResult, Predictions
 
 
@@ -101,7 +101,7 @@ class Tracker:
         """One frame's boxes (N,4) and probabilities (N,7) -> track ids (N,) and smoothed probs (N,7)."""
         n = len(boxes_xywh)
         ids = np.full(n, -1, np.int64)
-        smoothed = np.array(probs, np.float32, copy=True).reshape(n, -1)
+        smoothed = np.array(probs, np.float32, copy=True).reshape(n, NUM_CLASSES)
         matched_tracks: set[int] = set()
         if n and self.tracks:
             iou = iou_matrix(boxes_xywh, np.stack([t.box_xywh for t in self.tracks]))

@@ -1,0 +1,116 @@
+"""Capture: source parsing, the demo source, frame messages, end of file, looping, and a lost camera."""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from shared import bus
+from shared.config import Config
+from shared.messages import decode, latencies
+from services.capture.source import DemoSource, demo_image_path, fit_frame, parse_source
+from services.capture.stage import Backoff, frame_message, run
+
+
+@pytest.fixture
+def cfg():
+    d = tempfile.mkdtemp(prefix="flcap", dir="/tmp")
+    names = ("frames", "faces", "predictions", "annotated", "heartbeat")
+    return Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, heartbeat_interval=0.1,
+                  width=160, height=120, fps=0, wait_subscriber_s=5.0)
+
+
+def write_video(path, n=12, size=(160, 120)) -> str:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for i in range(n):
+        img = np.zeros((size[1], size[0], 3), np.uint8)
+        img[:, : (i + 1) * 10] = 200
+        w.write(img)
+    w.release()
+    return str(path)
+
+
+def collect(cfg, stop_when, timeout=20.0):
+    """Run capture in a thread, subscribe like detect, return the decoded frames and heartbeats."""
+    ctx = zmq.Context()
+    sub = bus.make_socket(ctx, "SUB", "test", cfg.frames_endpoint, bind=False, hwm=10000)
+    hbs = bus.heartbeat_sub(cfg, ctx)
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(cfg, ctx, stop.is_set), daemon=True)
+    t.start()
+    frames, beats, deadline = [], [], time.time() + timeout
+    while time.time() < deadline and not stop_when(frames, beats):
+        if (d := bus.recv_nowait(sub, 10)) is not None:
+            frames.append(decode(d, expect="frame"))
+        while (h := bus.recv_nowait(hbs, 0)) is not None:
+            beats.append(decode(h, expect="heartbeat"))
+        if not t.is_alive() and sub.poll(100) == 0:
+            break
+    stop.set()
+    t.join(10)
+    while (h := bus.recv_nowait(hbs, 50)) is not None:
+        beats.append(decode(h, expect="heartbeat"))
+    ctx.destroy(linger=0)
+    return frames, beats, t.is_alive()
+
+
+def test_parse_source():
+    assert parse_source("demo") == ("demo", "demo")
+    assert parse_source("0") == ("camera", 0)
+    assert parse_source("rtsp://cam/1") == ("stream", "rtsp://cam/1")
+    assert parse_source("clip.mp4") == ("file", "clip.mp4")
+
+
+def test_demo_source_is_a_real_photo_that_moves():
+    assert demo_image_path() is not None, "matplotlib's grace_hopper.jpg is the demo photo"
+    src = DemoSource(640, 480, fps=30)
+    a, b = src.read(), [src.read() for _ in range(30)][-1]
+    assert a.shape == (480, 640, 3) and a.dtype == np.uint8
+    assert a.std() > 20  # a photo, not a flat fill
+    assert np.abs(a.astype(int) - b).mean() > 1  # it pans/zooms
+
+
+def test_frame_message_and_fit():
+    img = fit_frame(np.zeros((100, 200), np.uint8), 64, 48)
+    assert img.shape == (48, 64, 3)
+    msg = frame_message(img, "cam", 3, 10.0, 90)
+    assert (msg.width, msg.height, msg.seq, msg.source_id) == (64, 48, 3, "cam")
+    assert cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+
+
+def test_backoff_doubles_to_a_cap_and_resets():
+    b = Backoff(max_s=1.0)
+    assert [b.next() for _ in range(4)] == [0.25, 0.5, 1.0, 1.0]
+    b.reset()
+    assert b.next() == 0.25
+
+
+def test_file_stops_cleanly_at_its_end(cfg, tmp_path):
+    cfg = cfg.replace(source=write_video(tmp_path / "v.avi", 12), heartbeat_interval=0.05, fps=100)
+    frames, beats, alive = collect(cfg, lambda f, b: False)
+    assert not alive
+    assert [f.seq for f in frames] == list(range(12))
+    assert all((f.width, f.height) == (160, 120) for f in frames)
+    assert latencies(frames[0])["capture"] >= 0
+    assert beats[-1].status == "eof" and beats[-1].counters["frames_out"] == 12
+
+
+def test_file_loops_and_paces(cfg, tmp_path):
+    cfg = cfg.replace(source=write_video(tmp_path / "v.avi", 5), loop=True, max_frames=12, fps=40)
+    frames, beats, alive = collect(cfg, lambda f, b: False)
+    assert [f.seq for f in frames] == list(range(12)) and not alive
+    assert beats[-1].counters["rewinds"] == 2
+    span = frames[-1].t_capture - frames[0].t_capture
+    assert span == pytest.approx(11 / 40, abs=0.1)
+
+
+def test_missing_camera_is_retried_and_reported(cfg):
+    cfg = cfg.replace(source="57", retry_max_s=0.2, wait_subscriber_s=0)
+    frames, beats, alive = collect(cfg, lambda f, b: any(h.counters.get("open_failures", 0) >= 2 for h in b))
+    assert not alive and frames == []
+    assert any(h.status == "reconnecting" and "57" in h.detail for h in beats)

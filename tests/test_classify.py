@@ -1,0 +1,71 @@
+"""Classify workers: one model call per frame with all its faces, empty frames cost nothing, bad and
+stale messages are counted; the service path never imports TensorFlow."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from shared.messages import Faces, Frame, decode, encode
+from services.classify.worker import classify, handle
+
+
+class CountingModel:
+    """The real exported model, counting its calls."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def predict_proba(self, faces):
+        self.calls.append(len(faces))
+        return self.model.predict_proba(faces)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from shared.model import FacialExpressionModel
+    return FacialExpressionModel(tiny_model_dir)
+
+
+def faces_msg(sample_data, n: int, t_capture: float = 1e12) -> Faces:
+    crops = sample_data.faces[:n]
+    boxes = np.array([[10 + 60 * i, 20, 48, 48] for i in range(n)], np.int32).reshape(n, 4)
+    return Faces(Frame("cam", 5, t_capture, b"jpg", 640, 480, [("capture", 1.0, 1.0)]), boxes, crops, job=2, run=3)
+
+
+def test_all_faces_of_a_frame_in_one_call(model, sample_data):
+    m = CountingModel(model)
+    preds = classify(m, faces_msg(sample_data, 4))
+    assert m.calls == [4]
+    np.testing.assert_allclose(preds.probs, model.predict_proba(sample_data.faces[:4]), atol=1e-6)
+    assert preds.probs.shape == (4, 7) and preds.probs.dtype == np.float32
+    assert np.allclose(preds.probs.sum(1), 1, atol=1e-2)
+
+
+def test_frame_without_faces_skips_the_model(model):
+    m = CountingModel(model)
+    preds = classify(m, Faces(Frame("cam", 0, 1.0, b"", 640, 480), [], []))
+    assert m.calls == [] and preds.probs.shape == (0, 7)
+
+
+def test_handle_round_trip_bad_and_stale(model, sample_data):
+    c = Counter()
+    preds = handle(model, encode(faces_msg(sample_data, 2)), c)
+    back = decode(encode(preds), expect="predictions")
+    assert (back.faces.job, back.faces.run, len(back.faces)) == (2, 3, 2) and c["faces"] == 2
+    assert handle(model, b"\x00junk", c) is None and c["bad_messages"] == 1
+    assert handle(model, encode(faces_msg(sample_data, 1).frame), c) is None and c["bad_messages"] == 2
+    old = encode(faces_msg(sample_data, 1, t_capture=100.0))
+    assert handle(model, old, c, max_lag_s=0.5, now=101.0) is None and c["stale"] == 1
+    assert handle(model, old, c, max_lag_s=0.0, now=101.0) is not None
+
+
+def test_worker_never_imports_tensorflow(tiny_model_dir):
+    code = ("import sys, numpy as np; import services.classify.__main__, services.classify.worker; "
+            "from shared.model import FacialExpressionModel as M; "
+            f"M({str(tiny_model_dir)!r}).predict_proba(np.zeros((2,48,48),np.uint8)); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -36,11 +36,12 @@ def sample_data(sample_csv):
 
 @pytest.fixture(scope="session")
 def tiny_run_dir(sample_csv, tmp_path_factory) -> Path:
-    """A `tiny_cnn` training run: 3 epochs on 30 faces per class of the sample CSV (a few seconds)."""
+    """A `tiny_cnn` training run: 8 epochs on 30 faces per class of the sample CSV (a few seconds)."""
     from training.train import TrainConfig, train
     run = tmp_path_factory.mktemp("tiny_run")
-    train(TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(run), epochs=3, batch_size=32,
-                      warmup_epochs=0, label_smoothing=0.0, augment=None, per_class=30), verbose=0)
+    train(TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(run), epochs=8, batch_size=32,
+                      lr=1e-2, schedule="constant", warmup_epochs=0, label_smoothing=0.0, augment=None,
+                      per_class=30), verbose=0)
     return run
 
 

@@ -161,7 +161,7 @@ def read_csv(path: str | Path) -> FerData:
                 if not 0 <= label < NUM_CLASSES:
                     raise DataError(f"{path}: row {row_no}: emotion {label} outside 0-{NUM_CLASSES - 1}")
             split = row[iu].strip() if iu is not None else default_split
-            if split not in SPLITS:
+            if iu is not None and split not in SPLITS:  # test.csv's rows are 'Test' by default
                 raise DataError(f"{path}: row {row_no}: Usage {split!r} is not one of {list(SPLITS)}")
             faces.append(px.astype(np.uint8).reshape(48, 48))
             labels.append(label)

@@ -106,21 +106,22 @@ def test_cli_export_fails_on_the_int8_gate(tiny_run_dir, sample_csv, tmp_path):
     assert card["checks"]["int8_gate"]["passed"] is False
 
 
-def test_cli_evaluate_writes_report_and_png(tiny_model_dir, sample_csv, tmp_path):
-    r = ferlive("evaluate", "--model-dir", str(tiny_model_dir), "--form", "int8", "--split", "PrivateTest",
-                "--data", str(sample_csv), "--tta", "--out", str(tmp_path / "ev"))
-    assert r.returncode == 0, r.stderr
-    assert "confusion (rows: true, columns: predicted)" in r.stdout and "with flip TTA" in r.stdout
+def test_cli_evaluate_writes_report_and_png(tiny_model_dir, sample_csv, tmp_path, capsys):
+    from training.cli import main  # in-process: the subprocess path is covered by export and predict
+    assert main(["evaluate", "--model-dir", str(tiny_model_dir), "--form", "int8", "--split", "PrivateTest",
+                 "--data", str(sample_csv), "--tta", "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "confusion (rows: true, columns: predicted)" in out and "with flip TTA" in out
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["n"] == 140 and list(report["per_class"]) == list(EMOTIONS)
     assert cv2.imread(str(tmp_path / "ev" / "confusion.png")) is not None
 
 
-def test_cli_evaluate_run_dir_matches_card(tiny_run_dir, tiny_model_dir, sample_csv):
-    r = ferlive("evaluate", "--run-dir", str(tiny_run_dir), "--split", "PublicTest")
-    assert r.returncode == 0, r.stderr
+def test_cli_evaluate_run_dir_matches_card(tiny_run_dir, tiny_model_dir, capsys):
+    from training.cli import main
+    assert main(["evaluate", "--run-dir", str(tiny_run_dir), "--split", "PublicTest"]) == 0
     card = json.loads((tiny_model_dir / CARD).read_text())
-    assert f"accuracy {card['metrics']['PublicTest']['keras']['accuracy']:.4f}" in r.stdout
+    assert f"accuracy {card['metrics']['PublicTest']['keras']['accuracy']:.4f}" in capsys.readouterr().out
 
 
 def test_cli_predict(tiny_model_dir, sample_data, tmp_path):

@@ -126,12 +126,17 @@ def heartbeat_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "SUB", "heartbeat_sub", cfg.heartbeat_endpoint, bind=True, hwm=1000)
 
 
-def wait_for_subscriber(xpub: zmq.Socket, timeout_s: float) -> bool:
-    """Block until a subscriber joins an XPUB socket (True) or ``timeout_s`` passes (False)."""
-    if xpub.poll(int(timeout_s * 1000), zmq.POLLIN):
-        xpub.recv()
-        return True
-    return False
+def wait_for_subscriber(xpub: zmq.Socket, timeout_s: float, count: int = 1) -> bool:
+    """Block until ``count`` subscriptions reached an XPUB socket (True) or ``timeout_s`` passed (False)."""
+    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not only the first
+    deadline, seen = time.time() + timeout_s, 0
+    while seen < count:
+        left = deadline - time.time()
+        if left <= 0 or not xpub.poll(int(left * 1000) + 1, zmq.POLLIN):
+            return False
+        if xpub.recv()[:1] == b"\x01":
+            seen += 1
+    return True
 
 
 # --- send / receive ------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ class Config:
     height: int = _f(480, "frame height sent downstream")
     jpeg_quality: int = _f(80, "JPEG quality of frames and annotated frames (1-100)")
     max_frames: int = _f(0, "capture stops after this many frames (0: no limit)")
-    wait_subscriber_s: float = _f(0.0, "capture waits up to this long for detect to subscribe before sending")
+    wait_subscriber_s: float = _f(0.0, "capture waits up to this long for subscribers before sending (0: no wait)")
+    wait_subscribers: int = _f(1, "how many subscribers capture waits for (detect, plus any observer)")
     retry_max_s: float = _f(5.0, "longest wait between attempts to reopen a lost camera/stream")
     # --- detect / classify --------------------------------------------------------------------
     model_dir: str = _f("", "exported model folder for classify ('' = the bundled default model)")

@@ -51,7 +51,7 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "capture", cfg.heartbeat_interval)
     hb.detail = f"{kind} {cfg.source}"
     hb.tick(force=True)
-    if cfg.wait_subscriber_s > 0 and not bus.wait_for_subscriber(pub, cfg.wait_subscriber_s):
+    if cfg.wait_subscriber_s > 0 and not bus.wait_for_subscriber(pub, cfg.wait_subscriber_s, cfg.wait_subscribers):
         log.warning("no subscriber after %.1f s; sending anyway", cfg.wait_subscriber_s)
     backoff = Backoff(cfg.retry_max_s)
     period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0

@@ -159,13 +159,17 @@ def send_within(sock: zmq.Socket, data: bytes, timeout_ms: int) -> bool:
 class NewestReceiver:
     """A thread that drains a SUB socket as fast as messages come and keeps only the newest, so a slow
     stage always gets the latest frame (a PUB drops *new* messages at its HWM, so draining in the slow
-    loop itself would hand it an old one). ``get(timeout_s)`` -> (newest or None, skipped since last)."""
+    loop itself would hand it an old one). ``get(timeout_s)`` -> (newest or None, skipped since last);
+    ``arrived_at`` is when the returned message reached this process (time.time()), so a stage's stamp
+    can separate transport (the hop) from waiting for the stage to be free (the stage's own time)."""
 
     def __init__(self, ctx: zmq.Context, make: "Callable[[], zmq.Socket]") -> None:
         self._make, self._ctx = make, ctx
         self._cond = threading.Condition()
         self._latest: Optional[bytes] = None
         self._skipped = 0
+        self._arrived = 0.0
+        self.arrived_at = 0.0
         self._stop = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="newest-receiver", daemon=True)
@@ -180,7 +184,9 @@ class NewestReceiver:
                 if not sock.poll(50, zmq.POLLIN):
                     continue
                 data = sock.recv(copy=True)
+                arrived = time.time()
                 with self._cond:
+                    self._arrived = arrived
                     if self._latest is not None:
                         self._skipped += 1
                     self._latest = data
@@ -194,6 +200,8 @@ class NewestReceiver:
                 self._cond.wait(timeout_s)
             data, skipped = self._latest, self._skipped
             self._latest, self._skipped = None, 0
+            if data is not None:
+                self.arrived_at = self._arrived
             return data, skipped
 
     def close(self) -> None:

@@ -174,8 +174,8 @@ def stamp(msg: Message, stage: str, t_recv: float, t_send: float) -> None:
 def latencies(msg: Message | list[Stamp]) -> dict[str, float]:
     """Milliseconds per stage and per hop from a message's stamps.
 
-    Keys: ``<stage>`` (t_send - t_recv inside that stage), ``<a>-><b>`` (hop: b's t_recv - a's t_send,
-    i.e. transport + queueing), ``total`` (last t_send - first t_recv: capture to the last stage's send).
+    Keys: ``<stage>`` (t_send - t_recv: time in that stage, including waiting for it to be free),
+    ``<a>-><b>`` (hop: b's t_recv - a's t_send, i.e. the bus: serialisation, transport, socket queues), ``total`` (last t_send - first t_recv: capture to the last stage's send).
     """
     stamps = msg if isinstance(msg, list) else frame_of(msg).stamps
     out: dict[str, float] = {}

@@ -87,7 +87,7 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
             data, skipped = newest.get(0.1)
             if data is None:
                 continue
-            t_recv = time.time()
+            t_recv = newest.arrived_at  # arrival in this process: the hop is transport only
             hb.counters["frames_in"] += 1
             hb.counters["skipped_slow"] += skipped
             faces = stage.handle(data)

@@ -73,7 +73,7 @@ def pct(xs, qs=(50, 95, 99)) -> dict[str, float]:
 def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds: float, warmup: float = 2.0) -> dict:
     """Start the four stages (+ workers) on ``video``, subscribe like the web, measure for ``seconds``."""
     d = tempfile.mkdtemp(prefix="flbench", dir="/tmp")
-    names = ("frames", "faces", "predictions", "annotated", "heartbeat")
+    names = ("frames", "web_frames", "faces", "predictions", "annotated", "heartbeat")
     cfg = Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, model_dir=model_dir, fps=fps,
                  source=str(video), loop=True, heartbeat_interval=0.5)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -3,12 +3,13 @@
     capture ──PUB frames──▶ detect ──PUSH faces──▶ classify ×N ──PUSH predictions──▶ annotate ──PUB annotated──▶ web
             (bind)     (SUB connect) (bind)   (PULL connect)    (connect)          (PULL bind)     (bind)   (SUB connect)
 
+    web (browser webcams) ──PUB web frames (bind)──▶ detect (the same SUB connects to both)
     every stage ──PUB heartbeat (connect)──▶ heartbeat_endpoint ◀── web: SUB (bind)
 
-* Live data is PUB/SUB with a small high-water mark and small kernel buffers, and the receiver drains to
-  the newest message (``NewestReceiver``, a thread that drains the SUB socket and keeps one slot): a slow
-  consumer skips frames instead of falling behind, so latency never grows with time. No CONFLATE (it breaks multi-part and ordering); dropping happens at
-  the HWM and in ``NewestReceiver``.
+* Live data is PUB/SUB with a small high-water mark and small kernel buffers, and the receiver keeps
+  the newest message (``NewestReceiver``: a thread drains the SUB socket into one slot per source), so
+  a slow consumer skips frames instead of falling behind and latency never grows with time. No
+  CONFLATE (it breaks multi-part and multi-source); dropping happens at the HWM and in NewestReceiver.
 * Work is PUSH/PULL: detect is the ventilator, the classify workers pull, annotate is the sink; each
   message goes to exactly one worker. Sends are non-blocking (``send_nowait``): when every worker is
   busy, detect drops the frame and counts it instead of queueing.
@@ -16,6 +17,8 @@
   and restarted stage is back within a second or two (the binding side may restart too).
 
 For the web engineer:
+    Browser frames: bind a PUB at ``cfg.web_frames_endpoint`` and send ``messages.Frame`` with a
+    ``source_id`` of your own (e.g. "browser-<id>"); detect keeps the newest frame per source_id.
     ``annotated_sub(cfg, ctx)`` receives ``messages.Annotated`` (``decode(data, expect="annotated")``).
     ``heartbeat_sub(cfg, ctx)`` BINDS ``cfg.heartbeat_endpoint``; every stage's ``heartbeat_pub`` connects
     to it and sends a ``messages.Heartbeat`` every ``cfg.heartbeat_interval`` seconds: stage
@@ -82,8 +85,12 @@ def frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
 
 
 def frames_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "SUB", "frames_sub", cfg.frames_endpoint, bind=False, hwm=cfg.pub_hwm,
+    """Detect's SUB: connects to capture's frames and to the web's browser frames (``web_frames_endpoint``)."""
+    sock = make_socket(ctx, "SUB", "frames_sub", cfg.frames_endpoint, bind=False, hwm=cfg.pub_hwm,
                        sock_buf=cfg.sock_buf)
+    if cfg.web_frames_endpoint:
+        sock.connect(cfg.web_frames_endpoint)
+    return sock
 
 
 def faces_ventilator(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
@@ -157,18 +164,22 @@ def send_within(sock: zmq.Socket, data: bytes, timeout_ms: int) -> bool:
 
 
 class NewestReceiver:
-    """A thread that drains a SUB socket as fast as messages come and keeps only the newest, so a slow
-    stage always gets the latest frame (a PUB drops *new* messages at its HWM, so draining in the slow
-    loop itself would hand it an old one). ``get(timeout_s)`` -> (newest or None, skipped since last);
+    """A thread that drains a SUB socket as fast as messages come and keeps only the newest message per
+    source, so a slow stage always gets the latest frame (a PUB drops *new* messages at its HWM, so
+    draining in the slow loop itself would hand it an old one).
+
+    ``key(data)`` names a message's source (default: one slot for all); with several sources (the
+    capture process and browsers) each keeps its own newest frame and ``get`` serves the one waiting
+    longest, so no source starves another. ``get(timeout_s)`` -> (message or None, skipped since last);
     ``arrived_at`` is when the returned message reached this process (time.time()), so a stage's stamp
     can separate transport (the hop) from waiting for the stage to be free (the stage's own time)."""
 
-    def __init__(self, ctx: zmq.Context, make: "Callable[[], zmq.Socket]") -> None:
-        self._make, self._ctx = make, ctx
+    def __init__(self, ctx: zmq.Context, make: "Callable[[], zmq.Socket]",
+                 key: "Optional[Callable[[bytes], object]]" = None) -> None:
+        self._make, self._ctx, self._key = make, ctx, key
         self._cond = threading.Condition()
-        self._latest: Optional[bytes] = None
+        self._slots: dict[object, tuple[bytes, float]] = {}
         self._skipped = 0
-        self._arrived = 0.0
         self.arrived_at = 0.0
         self._stop = False
         self._ready = threading.Event()
@@ -185,23 +196,25 @@ class NewestReceiver:
                     continue
                 data = sock.recv(copy=True)
                 arrived = time.time()
+                k = self._key(data) if self._key else None
                 with self._cond:
-                    self._arrived = arrived
-                    if self._latest is not None:
+                    if k in self._slots:
                         self._skipped += 1
-                    self._latest = data
+                        arrived = min(arrived, self._slots[k][1])  # the slot keeps its place in line
+                    self._slots[k] = (data, arrived)
                     self._cond.notify()
         finally:
             sock.close(0)
 
     def get(self, timeout_s: float) -> tuple[Optional[bytes], int]:
         with self._cond:
-            if self._latest is None:
+            if not self._slots:
                 self._cond.wait(timeout_s)
-            data, skipped = self._latest, self._skipped
-            self._latest, self._skipped = None, 0
-            if data is not None:
-                self.arrived_at = self._arrived
+            if not self._slots:
+                return None, 0
+            k = min(self._slots, key=lambda j: self._slots[j][1])
+            data, self.arrived_at = self._slots.pop(k)
+            skipped, self._skipped = self._skipped, 0
             return data, skipped
 
     def close(self) -> None:

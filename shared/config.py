@@ -37,6 +37,8 @@ class Config:
     predictions_endpoint: str = _f("tcp://127.0.0.1:5553",
                                    "annotate PULL binds, classify PUSH connects: predictions")
     annotated_endpoint: str = _f("tcp://127.0.0.1:5554", "annotate PUB binds, web SUB connects: annotated")
+    web_frames_endpoint: str = _f("tcp://127.0.0.1:5556",
+                                  "web PUB binds, detect SUB connects too: frames from browsers ('' = off)")
     heartbeat_endpoint: str = _f("tcp://127.0.0.1:5555",
                                  "web SUB binds, every stage's PUB connects: heartbeat messages")
     # --- queues -------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from shared.messages import Heartbeat, decode
 def cfg():
     d = tempfile.mkdtemp(prefix="flbus", dir="/tmp")
     names = ("frames", "faces", "predictions", "annotated", "heartbeat")
-    return Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, heartbeat_interval=0.05)
+    return Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, heartbeat_interval=0.05,
+                  web_frames_endpoint="")
 
 
 @pytest.fixture
@@ -109,3 +110,27 @@ def test_close_with_pending_messages_does_not_hang(cfg):
     c.destroy()  # linger 0 everywhere
     assert time.time() - t0 < 1.0
     assert push.closed
+
+
+def test_newest_per_source_and_no_source_starves(cfg, ctx):
+    pub = bus.frames_pub(cfg, ctx)
+    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=lambda d: d[:1])
+    assert bus.wait_for_subscriber(pub, 2.0)
+    for i in range(30):
+        bus.send_nowait(pub, b"a%d" % i)
+        time.sleep(0.001)
+    bus.send_nowait(pub, b"b0")
+    bus.send_nowait(pub, b"a99")
+    time.sleep(0.2)
+    assert newest.get(1.0)[0] == b"a99"  # a waited longest (its slot keeps its place), newest of a
+    assert newest.get(1.0)[0] == b"b0"   # b is not starved by a's stream
+    newest.close()
+
+
+def test_detect_subscribes_to_capture_and_browser_frames(cfg, ctx):
+    web = bus.make_socket(ctx, "PUB", "web", "ipc://" + cfg.frames_endpoint[6:] + "-web", bind=True, hwm=4)
+    cfg = cfg.replace(web_frames_endpoint=web.last_endpoint.decode())
+    sub = bus.frames_sub(cfg, ctx)
+    time.sleep(0.3)
+    web.send(b"from-browser")
+    assert bus.recv_nowait(sub, 2000) == b"from-browser"

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Callable, Optional, Protocol
 
 import cv2
+import msgpack
 import numpy as np
 import zmq
 
@@ -39,6 +40,15 @@ def decode_frame(frame: Frame) -> np.ndarray:
         raise BadFrame(f"frame {frame.source_id}#{frame.seq}: image is {img.shape[1]}x{img.shape[0]}, "
                        f"message says {frame.width}x{frame.height}")
     return img
+
+
+def source_key(data: bytes) -> Optional[str]:
+    """A frame message's source_id without validating it (bad messages share the ``None`` slot)."""
+    try:
+        d = msgpack.unpackb(data, raw=False)
+        return d.get("source_id") if isinstance(d, dict) and isinstance(d.get("source_id"), str) else None
+    except Exception:
+        return None
 
 
 class DetectStage:
@@ -77,7 +87,7 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
         should_stop: Callable[[], bool] = lambda: False) -> None:
     """SUB frames (newest only) -> detect -> PUSH faces to the classify workers, until Shutdown."""
     ctx = ctx or zmq.Context.instance()
-    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx))
+    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=source_key)
     push = bus.faces_ventilator(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval)
     stage = DetectStage(detector, hb.counters)

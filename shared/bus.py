@@ -249,23 +249,32 @@ def instance_name() -> str:
 
 
 class Heartbeater:
-    """Counters of one stage, published as a Heartbeat every ``interval`` seconds by ``tick()``."""
+    """Counters of one stage, published as a Heartbeat every ``interval`` seconds by ``tick()``.
 
-    def __init__(self, sock: zmq.Socket, stage: str, interval: float) -> None:
-        self.sock, self.stage, self.interval = sock, stage, interval
+    Call ``note_input()`` when the stage receives work: after ``idle_after`` seconds without any, the
+    status reads "idle" ("no input for N s"), so the page can tell a starved stage from a dead one."""
+
+    def __init__(self, sock: zmq.Socket, stage: str, interval: float, idle_after: float = 0.0) -> None:
+        self.sock, self.stage, self.interval, self.idle_after = sock, stage, interval, idle_after
         self.instance = instance_name()
         self.counters: Counter[str] = Counter()
         self.status, self.detail = "ok", ""
+        self.last_input = time.time()
         self._next = 0.0
+
+    def note_input(self) -> None:
+        self.last_input = time.time()
 
     def tick(self, now: Optional[float] = None, force: bool = False) -> None:
         now = time.time() if now is None else now
         if not force and now < self._next:
             return
         self._next = now + self.interval
+        status, detail = self.status, self.detail
+        if self.idle_after and status == "ok" and now - self.last_input > self.idle_after:
+            status, detail = "idle", f"no input for {now - self.last_input:.0f} s"
         hb = Heartbeat(stage=self.stage, instance=self.instance, t=now, interval=self.interval,
-                       counters={k: int(v) for k, v in self.counters.items()}, status=self.status,
-                       detail=self.detail)
+                       counters={k: int(v) for k, v in self.counters.items()}, status=status, detail=detail)
         send_nowait(self.sock, encode(hb))
 
 

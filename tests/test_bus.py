@@ -96,8 +96,8 @@ def test_heartbeats_reach_the_collector(cfg, ctx):
 
 
 def test_bind_conflict_names_the_endpoint(cfg, ctx):
-    port = bus.make_socket(ctx, "PUB", "probe", "tcp://127.0.0.1:*", bind=True, hwm=1).last_endpoint
-    cfg = cfg.replace(annotated_endpoint=port.decode())
+    probe = bus.make_socket(ctx, "PUB", "probe", "tcp://127.0.0.1:*", bind=True, hwm=1)
+    cfg = cfg.replace(annotated_endpoint=probe.last_endpoint.decode())
     with pytest.raises(zmq.ZMQError, match="annotated_pub: cannot bind"):
         bus.annotated_pub(cfg, ctx)
 
@@ -119,7 +119,9 @@ def test_newest_per_source_and_no_source_starves(cfg, ctx):
     for i in range(30):
         bus.send_nowait(pub, b"a%d" % i)
         time.sleep(0.001)
+    time.sleep(0.01)
     bus.send_nowait(pub, b"b0")
+    time.sleep(0.01)
     bus.send_nowait(pub, b"a99")
     time.sleep(0.2)
     assert newest.get(1.0)[0] == b"a99"  # a waited longest (its slot keeps its place), newest of a
@@ -134,3 +136,19 @@ def test_detect_subscribes_to_capture_and_browser_frames(cfg, ctx):
     time.sleep(0.3)
     web.send(b"from-browser")
     assert bus.recv_nowait(sub, 2000) == b"from-browser"
+
+
+def test_heartbeat_reports_idle_without_input(cfg, ctx):
+    collector = bus.heartbeat_sub(cfg, ctx)
+    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "classify", 0.01, idle_after=0.1)
+    hb.last_input -= 5
+    seen = []
+    deadline = time.time() + 3
+    while not seen and time.time() < deadline:
+        hb.tick()
+        if (d := bus.recv_nowait(collector, 20)) is not None:
+            seen.append(decode(d, expect="heartbeat"))
+    assert seen[0].status == "idle" and seen[0].detail.startswith("no input for")
+    hb.note_input()
+    hb.tick(force=True)
+    assert decode(bus.recv_nowait(collector, 1000)).status == "ok"

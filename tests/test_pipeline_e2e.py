@@ -275,3 +275,21 @@ def test_bad_frames_are_counted_not_fatal(pipeline, sample_data):
     assert bus.send_within(sink, b"\x00junk", 1000)
     pipe.wait_for(lambda: pipe.counters("annotate").get("bad_messages") == 1, 3, "annotate to count it")
     assert all(p.poll() is None for p in pipe.procs.values()), "a stage died on bad input"
+
+
+def test_browser_frames_flow_beside_capture(pipeline, sample_data):
+    """Frames the web publishes (browser webcams) reach the annotated output under their own source."""
+    pipe = pipeline()
+    pipe.start("annotate")
+    pipe.start("classify")
+    pipe.start("detect")
+    pipe.wait_for(pipe.stages_up("annotate", "classify", "detect"), 60, "stages to start")
+    web = bus.make_socket(pipe.ctx, "XPUB", "test_web", pipe.cfg.web_frames_endpoint, bind=True, hwm=16)
+    assert bus.wait_for_subscriber(web, 5)
+    jpeg = cv2.imencode(".jpg", place_faces(sample_data, 2)[1])[1].tobytes()
+    for seq in range(3):
+        bus.send_nowait(web, encode(Frame("browser-1", seq, time.time(), jpeg, 640, 480,
+                                          [("capture", time.time(), time.time())])))
+        pipe.pump(0.3)
+    pipe.wait_for(lambda: len(pipe.out) >= 3, 5, "browser frames")
+    assert {a.frame.source_id for _, a in pipe.out} == {"browser-1"}

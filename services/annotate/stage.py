@@ -63,7 +63,8 @@ class AnnotateStage:
 def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[], bool] = lambda: False) -> None:
     ctx = ctx or zmq.Context.instance()
     sink, pub = bus.predictions_sink(cfg, ctx), bus.annotated_pub(cfg, ctx)
-    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "annotate", cfg.heartbeat_interval)
+    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "annotate", cfg.heartbeat_interval,
+                           idle_after=3 * cfg.heartbeat_interval)
     stage = AnnotateStage(cfg, hb.counters)
     poll_ms = max(1, int(cfg.reorder_timeout_ms / 4))
     try:
@@ -73,6 +74,7 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
             now = time.time()
             if data is not None:
                 hb.counters["frames_in"] += 1
+                hb.note_input()
                 out = stage.push(data, now)
             else:
                 out = stage.poll(now)

@@ -54,7 +54,8 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
     """PULL faces -> classify -> PUSH predictions to annotate, until Shutdown."""
     ctx = ctx or zmq.Context.instance()
     pull, push = bus.faces_worker(cfg, ctx), bus.predictions_push(cfg, ctx)
-    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "classify", cfg.heartbeat_interval)
+    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "classify", cfg.heartbeat_interval,
+                           idle_after=3 * cfg.heartbeat_interval)
     hb.tick(force=True)
     try:
         while not should_stop():
@@ -64,6 +65,7 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
                 continue
             t_recv = time.time()
             hb.counters["frames_in"] += 1
+            hb.note_input()
             preds = handle(model, data, hb.counters, cfg.max_lag_ms / 1e3, t_recv)
             if preds is None:
                 continue

@@ -89,7 +89,8 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
     ctx = ctx or zmq.Context.instance()
     newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=source_key)
     push = bus.faces_ventilator(cfg, ctx)
-    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval)
+    hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval,
+                           idle_after=3 * cfg.heartbeat_interval)
     stage = DetectStage(detector, hb.counters)
     try:
         while not should_stop():
@@ -99,6 +100,7 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
                 continue
             t_recv = newest.arrived_at  # arrival in this process: the hop is transport only
             hb.counters["frames_in"] += 1
+            hb.note_input()
             hb.counters["skipped_slow"] += skipped
             faces = stage.handle(data)
             if faces is None:

@@ -128,6 +128,9 @@ def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds:
     dropped = {f"{st}.{k}": v for (st, _), c in beats.items() for k, v in c.items()
                if k in ("dropped", "dropped_busy", "skipped_slow", "stale", "skipped", "late")}
     out["drops"] = dropped
+    q = max(1, len(rows) // 4)  # latency must not grow with time: first vs last quarter of the window
+    out["to_web_p50_first_last_quarter_ms"] = [pct([r["to_web"] for r in rows[:q]]).get("p50"),
+                                               pct([r["to_web"] for r in rows[-q:]]).get("p50")]
     return out
 
 
@@ -184,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         hops = {k: v.get("p50") for k, v in lat.items() if "->" in k}
         print(f"{step['name']:<34} {step['fps']:>6} fps  "
               f"total p50/p95/p99 {lat.get('to_web', lat.get('total'))}  hops p50 {hops}  "
-              f"stages p50 { {k: lat[k].get('p50') for k in STAGES if k in lat} }", flush=True)
+              f"stages p50 { {k: lat[k].get('p50') for k in STAGES if k in lat} }"
+              + (f"  drift(p50 first/last quarter) {step['to_web_p50_first_last_quarter_ms']}"
+                 if "to_web_p50_first_last_quarter_ms" in step else ""), flush=True)
 
     for n in args.faces:
         frames = make_frames(n)

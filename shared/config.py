@@ -44,7 +44,7 @@ class Config:
     # --- queues -------------------------------------------------------------------------------
     pub_hwm: int = _f(2, "high-water mark (messages) of PUB/SUB sockets; live data beyond it is dropped")
     push_hwm: int = _f(2, "high-water mark (messages) of PUSH/PULL sockets, per peer")
-    sock_buf: int = _f(262144, "kernel send/receive buffer (bytes) of data sockets; small keeps latency flat")
+    sock_buf: int = _f(65536, "kernel send/receive buffer (bytes) of data sockets; small keeps latency flat")
     max_lag_ms: float = _f(500.0, "classify skips frames captured longer ago than this (overload shedding)")
     heartbeat_interval: float = _f(1.0, "seconds between heartbeats")
     # --- capture ------------------------------------------------------------------------------

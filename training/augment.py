@@ -4,8 +4,10 @@ Runs on every Keras backend (TensorFlow here, JAX on a GPU), so nothing lives in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:  # keras is imported where the block is built, so `ferlive --help` stays instant
+    import keras
 
 
 @dataclass
@@ -24,11 +26,13 @@ class AugmentConfig:
         return asdict(self)
 
 
-def build_augmentation(cfg: AugmentConfig | None, seed: int = 0) -> keras.Sequential | None:
+def build_augmentation(cfg: AugmentConfig | None, seed: int = 0) -> "keras.Sequential | None":
     """The augmentation block, or None when cfg is None."""
     if cfg is None:
         return None
-    layers: list[keras.layers.Layer] = []
+    import keras
+
+    layers: list["keras.layers.Layer"] = []
     if cfg.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if cfg.rotation:

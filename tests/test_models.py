@@ -1,0 +1,108 @@
+"""One harness over every registered model: builds, (N,7) softmax, one training step, .keras round trip,
+and Keras JSON + weights round trip with identical predictions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from shared.labels import NUM_CLASSES  # noqa: E402
+from shared.preprocess import to_model_input  # noqa: E402
+from training.augment import AugmentConfig, build_augmentation  # noqa: E402
+from training.models import INPUT_SHAPE, MODELS, create_model  # noqa: E402
+
+HEAVY = {"seed_cnn"}           # ~4.5M parameters: batch of 2 only
+N_FACES = {"seed_cnn": 2}
+
+
+@pytest.fixture(scope="module")
+def faces(sample_data) -> tuple[np.ndarray, np.ndarray]:
+    """Eight real faces, one of each class plus one, as model input and one-hot targets."""
+    data = sample_data.split("Training")
+    idx = [int(np.flatnonzero(data.labels == c)[0]) for c in range(NUM_CLASSES)]
+    idx.append(int(np.flatnonzero(data.labels == 3)[1]))
+    x = to_model_input(data.faces[idx])
+    y = np.eye(NUM_CLASSES, dtype=np.float32)[data.labels[idx]]
+    return x, y
+
+
+def _params():
+    return [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name for name in MODELS]
+
+
+def _infer(model, x: np.ndarray) -> np.ndarray:
+    """Inference-mode forward pass, eagerly (no tf.function tracing per model: quicker on 2 cores)."""
+    return np.asarray(model(x, training=False))
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", _params())
+def test_model_harness(name, faces, tmp_path):
+    n = N_FACES.get(name, 8)
+    x, y = faces[0][:n], faces[1][:n]
+    keras.utils.set_random_seed(0)
+    model = create_model(name, augment=build_augmentation(AugmentConfig(), seed=0))
+
+    # builds: one input (48,48,1) float faces, one (N,7) softmax
+    assert tuple(model.input_shape) == (None, *INPUT_SHAPE)
+    assert tuple(model.output_shape) == (None, NUM_CLASSES)
+    probs = np.asarray(model.predict(x, verbose=0, batch_size=n))
+    assert probs.shape == (n, NUM_CLASSES)
+    assert np.all(probs >= 0) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # the augmentation block is the identity outside training
+    _same(probs, _infer(model, x))
+
+    # trains one step: finite loss, weights move
+    spec = MODELS[name]
+    model.compile(optimizer=keras.optimizers.Adam(spec.lr), loss="categorical_crossentropy", metrics=["accuracy"])
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(x, y, return_dict=True)["loss"]
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(b, a) for b, a in zip(before, model.get_weights()))
+    trained = _infer(model, x)
+    assert not np.allclose(trained, probs)
+
+    # .keras round trip
+    model.save(tmp_path / f"{name}.keras")
+    loaded = keras.models.load_model(tmp_path / f"{name}.keras")
+    _same(_infer(loaded, x), trained)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+
+    # Keras JSON + weights round trip (what the export ships)
+    model.save_weights(tmp_path / f"{name}.weights.h5")
+    rebuilt = keras.models.model_from_json(model.to_json())
+    rebuilt.load_weights(tmp_path / f"{name}.weights.h5")
+    _same(_infer(rebuilt, x), trained)
+
+
+def test_registry_entries_are_complete():
+    assert {"seed_cnn", "mini_xception", "tiny_cnn"} <= set(MODELS)
+    for name, spec in MODELS.items():
+        assert callable(spec.build) and spec.about, name
+        assert spec.optimizer in ("adam", "adamw", "sgd") and 0 < spec.lr < 1, name
+
+
+def test_create_model_names_the_registered_models():
+    with pytest.raises(KeyError, match="tiny_cnn"):
+        create_model("resnet9000")
+
+
+def test_num_classes_and_no_augmentation():
+    model = create_model("tiny_cnn", num_classes=3)
+    assert tuple(model.output_shape) == (None, 3)
+    assert not any(layer.name == "augment" for layer in model.layers)
+    with_aug = create_model("tiny_cnn", augment=build_augmentation(AugmentConfig()))
+    assert any(layer.name == "augment" for layer in with_aug.layers)
+
+
+def test_augmentation_changes_faces_only_in_training(faces):
+    x = faces[0]
+    block = build_augmentation(AugmentConfig(), seed=3)
+    _same(np.asarray(block(x, training=False)), x)
+    out = np.asarray(block(x, training=True))
+    assert out.shape == x.shape and not np.allclose(out, x)
+    assert build_augmentation(None) is None

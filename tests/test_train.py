@@ -1,0 +1,166 @@
+"""Training: a short real run beats chance on held-out faces; a killed run resumes where it stopped;
+the CLI answers --help without loading TensorFlow."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.train import HISTORY, LAST_MODEL, TrainConfig, lr_at, take_per_class
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, FERLIVE_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _epochs(history: Path) -> list[int]:
+    if not history.exists():
+        return []
+    with open(history, newline="") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch", "").strip()]
+
+
+# --- pure pieces -------------------------------------------------------------------------------------
+
+def test_take_per_class_caps_each_class_and_split(sample_data):
+    sub = take_per_class(sample_data, 5, seed=0)
+    assert sub.counts() == {s: [5] * 7 for s in ("PrivateTest", "PublicTest", "Training")}
+    again = take_per_class(sample_data, 5, seed=0)
+    np.testing.assert_array_equal(sub.faces, again.faces)
+    assert take_per_class(sample_data, None, seed=0) is sample_data
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(epochs=10, warmup_epochs=2)
+    lrs = [lr_at(e, cfg, 1e-3) for e in range(10)]
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.2e-3
+    const = TrainConfig(epochs=10, warmup_epochs=0, schedule="constant")
+    assert {lr_at(e, const, 1e-3) for e in range(10)} == {1e-3}
+
+
+def test_config_round_trips_through_json():
+    cfg = TrainConfig(model="tiny_cnn", per_class=5)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert TrainConfig.from_dict({**cfg.to_dict(), "augment": None}).augment is None
+
+
+# --- the CLI -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,expect", [
+    ([], ["explore", "train"]),
+    (["train"], ["--model", "--run-dir", "--epochs", "--per-class", "resume"]),
+    (["explore"], ["--data", "--out"]),
+])
+def test_cli_help(tmp_path, args, expect):
+    out = subprocess.run([sys.executable, "-m", "training", *args, "--help"], cwd=ROOT, env=_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for word in expect:
+        assert word in out.stdout
+
+
+def test_train_and_explore_import_no_tensorflow():
+    code = ("import sys, training.train, training.explore, training.augment; "
+            "heavy = {'keras', 'tensorflow', 'matplotlib'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+# --- real training -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_short_run_beats_chance_on_held_out_faces(images_zip, tmp_path, monkeypatch):
+    """tiny_cnn on ~6k real Training faces for a few epochs; balanced accuracy on PrivateTest faces
+    (never seen in training nor used to pick a checkpoint) must clear chance (1/7) by a wide margin."""
+    import keras
+
+    from training.data import load_fer2013
+    from training.train import train, xy
+
+    monkeypatch.setenv("FERLIVE_CACHE", str(tmp_path / "cache"))
+    cfg = TrainConfig(model="tiny_cnn", data=str(images_zip), run_dir=str(tmp_path / "run"), epochs=8,
+                      batch_size=64, lr=1e-2, schedule="constant", warmup_epochs=0, label_smoothing=0.0,
+                      augment=None, per_class=1000, seed=1)
+    t0 = time.perf_counter()
+    history = train(cfg, verbose=0)
+    seconds = time.perf_counter() - t0
+    assert len(history.history["loss"]) == 8
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+    held = take_per_class(load_fer2013(images_zip).split("PrivateTest"), 50, seed=0)
+    x, _ = xy(held)
+    model = keras.models.load_model(tmp_path / "run" / LAST_MODEL)
+    pred = np.asarray(model(x, training=False)).argmax(axis=1)
+    recall = [float((pred[held.labels == c] == c).mean()) for c in range(7)]
+    balanced = float(np.mean(recall))
+    assert balanced > 0.22, f"balanced accuracy {balanced:.3f} (chance 0.143), recall {recall}, {seconds:.0f}s"
+    assert len(set(pred.tolist())) >= 3, "the model collapsed onto one or two classes"
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    assert (tmp_path / "run" / "best.weights.h5").exists()
+
+
+def test_rerun_with_other_options_is_refused(sample_csv, tmp_path):
+    from training.train import CONFIG, train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CONFIG).write_text(json.dumps(TrainConfig(model="tiny_cnn", data=str(sample_csv),
+                                                     run_dir=str(run)).to_dict()))
+    with pytest.raises(ValueError, match="another config"):
+        train(TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(run), lr=0.5))
+
+
+@pytest.mark.slow
+def test_resume_after_kill(sample_csv, tmp_path):
+    """SIGKILL a CLI run after two epochs are done; the same command carries on from the next epoch."""
+    run = tmp_path / "run"
+    epochs = 8
+    cmd = [sys.executable, "-m", "training", "train", "--model", "tiny_cnn", "--data", str(sample_csv),
+           "--run-dir", str(run), "--epochs", str(epochs), "--batch-size", "16", "--seed", "3"]
+    log1 = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=log1, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    try:
+        while len(_epochs(run / HISTORY)) < 2:
+            assert proc.poll() is None, f"run ended early: {(tmp_path / 'first.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "no two epochs within 240 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log1.close()
+    assert proc.returncode == -signal.SIGKILL
+    before = _epochs(run / HISTORY)
+    assert before == list(range(len(before))) and 2 <= len(before) < epochs, before
+    assert not (run / LAST_MODEL).exists()
+
+    second = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    after = _epochs(run / HISTORY)
+    assert after[:len(before)] == before
+    resumed = after[len(before):]
+    # the next epoch, or (killed between its history row and its backup) the last one again: never earlier
+    assert resumed and resumed[0] in (before[-1] + 1, before[-1]), (before, after)
+    assert resumed == list(range(resumed[0], epochs)), (before, after)
+    assert f"Epoch 1/{epochs}" not in second.stdout + second.stderr
+    assert (run / LAST_MODEL).exists()
+    timing = json.loads((run / "timing.json").read_text())
+    assert timing["sessions"] == 1
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"] == "tiny_cnn" and saved["batch_size"] == 16

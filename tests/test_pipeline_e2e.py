@@ -36,24 +36,18 @@ def detector_cls():
 
 
 def place_faces(sample_data, n_frames: int) -> list[np.ndarray]:
-    """640x480 frames with 0, 1 or 2 real FER2013 faces (upscaled to 140 px) that drift across them."""
-    try:
-        from shared import synthetic  # the detector engineer's helpers, when present
-    except ImportError:
-        synthetic = None
+    """640x480 frames with 0, 1 or 2 real FER2013 faces (upscaled to 140 px) that drift across them.
+    (Test-local placement; shared/synthetic.py was not in the tree when this was written.)"""
     rng = np.random.default_rng(0)
     frames = []
     for i in range(n_frames):
         n = (0, 1, 2)[i % 3] if i % 6 else 0
-        if synthetic is not None and hasattr(synthetic, "place_faces"):
-            frame, _ = synthetic.place_faces(sample_data.faces[i * 2:i * 2 + n], seed=i)
-        else:
-            frame = np.full((480, 640, 3), 110, np.uint8) + rng.integers(0, 8, (480, 640, 1), dtype=np.uint8)
-            for k in range(n):
-                face = cv2.resize(sample_data.faces[(i * 2 + k) % len(sample_data.faces)], (140, 140),
-                                  interpolation=cv2.INTER_CUBIC)
-                x, y = 60 + 300 * k + 3 * i, 150 + 2 * i
-                frame[y:y + 140, x:x + 140] = face[..., None]
+        frame = np.full((480, 640, 3), 110, np.uint8) + rng.integers(0, 8, (480, 640, 1), dtype=np.uint8)
+        for k in range(n):
+            face = cv2.resize(sample_data.faces[(i * 2 + k) % len(sample_data.faces)], (140, 140),
+                              interpolation=cv2.INTER_CUBIC)
+            x, y = 60 + 300 * k + 3 * i, 150 + 2 * i
+            frame[y:y + 140, x:x + 140] = face[..., None]
         frames.append(frame)
     return frames
 

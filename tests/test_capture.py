@@ -114,3 +114,8 @@ def test_missing_camera_is_retried_and_reported(cfg):
     frames, beats, alive = collect(cfg, lambda f, b: any(h.counters.get("open_failures", 0) >= 2 for h in b))
     assert not alive and frames == []
     assert any(h.status == "reconnecting" and "57" in h.detail for h in beats)
+
+
+def test_missing_file_is_an_error_not_a_retry(cfg):
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        run(cfg.replace(source="/tmp/nope.mp4", wait_subscriber_s=0))

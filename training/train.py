@@ -151,7 +151,6 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
         if rows.size and "val_accuracy" in rows.dtype.names:
             best_so_far = float(np.nanmax(rows["val_accuracy"]))
     cbs = [
-        keras.callbacks.BackupAndRestore(str(run / "backup"), save_freq="epoch", delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(run / BEST_WEIGHTS), monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_so_far, verbose=1),
@@ -162,6 +161,11 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
     else:
         cbs.append(keras.callbacks.LearningRateScheduler(lambda e: lr_at(e, cfg, base_lr)))
     cbs.append(LivePlot())
+    # Last, so an epoch is marked done only once its best checkpoint and history row are on disk: a kill
+    # in between reruns that epoch (one repeated history row) instead of losing it. Two generations of
+    # the backup, so a kill while it is being written falls back to the previous epoch's.
+    cbs.append(keras.callbacks.BackupAndRestore(str(run / "backup"), save_freq="epoch", double_checkpoint=True,
+                                                delete_checkpoint=False))
     return cbs
 
 

@@ -16,7 +16,6 @@ Per-stage latency p50/p95 comes from the stamps each stage appends to a frame (`
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -33,19 +32,12 @@ from shared.messages import Annotated, Frame, Heartbeat, MessageError, decode, e
 log = logging.getLogger(__name__)
 
 BROWSER_PREFIX = "browser-"
-DEFAULT_WEB_FRAMES_ENDPOINT = "tcp://127.0.0.1:5556"
 STAGES: tuple[str, ...] = ("capture", "detect", "classify", "annotate")
 
 
-def web_frames_endpoint(cfg: Config) -> str:
-    """Where the web binds its PUB of browser frames (Config field if present, else env, else default)."""
-    return (getattr(cfg, "web_frames_endpoint", "") or os.environ.get("FERLIVE_WEB_FRAMES_ENDPOINT")
-            or DEFAULT_WEB_FRAMES_ENDPOINT)
-
-
 def web_frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    """PUB (binds) of frames from browsers; detect's SUB connects to it beside ``frames_endpoint``."""
-    return bus.make_socket(ctx, "PUB", "web_frames_pub", web_frames_endpoint(cfg), bind=True,
+    """PUB (binds ``cfg.web_frames_endpoint``) of browser frames; detect's frames SUB connects to it too."""
+    return bus.make_socket(ctx, "PUB", "web_frames_pub", cfg.web_frames_endpoint, bind=True,
                            hwm=max(cfg.pub_hwm, 16), sock_buf=cfg.sock_buf)
 
 
@@ -93,7 +85,7 @@ class PipelineHub:
         # Sockets are created here but used only by the hub thread (the PUB: under _pub_lock).
         self._sub = bus.annotated_sub(cfg, self.ctx)
         self._hb = bus.heartbeat_sub(cfg, self.ctx) if heartbeats else None
-        self._pub = web_frames_pub(cfg, self.ctx) if ingest else None
+        self._pub = web_frames_pub(cfg, self.ctx) if ingest and cfg.web_frames_endpoint else None
         self._thread = threading.Thread(target=self._run, name="ferlive-hub", daemon=True)
         self._thread.start()
 

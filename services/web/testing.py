@@ -34,13 +34,8 @@ def pipeline_config(**overrides: Any) -> Config:
     """Every endpoint on its own free port on 127.0.0.1 (plus the web's browser-frame endpoint)."""
     eps = {name: f"tcp://127.0.0.1:{free_port()}" for name in
            ("frames_endpoint", "faces_endpoint", "predictions_endpoint", "annotated_endpoint",
-            "heartbeat_endpoint")}
-    cfg = Config(**{**eps, "heartbeat_interval": 0.5, **overrides})
-    if not getattr(cfg, "web_frames_endpoint", ""):
-        os.environ["FERLIVE_WEB_FRAMES_ENDPOINT"] = f"tcp://127.0.0.1:{free_port()}"
-        if hasattr(cfg, "web_frames_endpoint"):
-            cfg = cfg.replace(web_frames_endpoint=os.environ["FERLIVE_WEB_FRAMES_ENDPOINT"])
-    return cfg
+            "heartbeat_endpoint", "web_frames_endpoint")}
+    return Config(**{**eps, "heartbeat_interval": 0.5, **overrides})
 
 
 def config_env(cfg: Config) -> dict[str, str]:
@@ -54,22 +49,18 @@ def config_env(cfg: Config) -> dict[str, str]:
 
 
 class Pipeline:
-    """The pipeline's stages as processes. ``browser_only``: no capture, and detect reads the web's
-    browser frames (until ``Config`` has ``web_frames_endpoint``, detect's only frames endpoint)."""
+    """The pipeline's stages as processes; capture only if `capture_source` is given (else the web's
+    browser frames are the only input)."""
 
     def __init__(self, cfg: Config, model_dir: Optional[str | Path] = None, *, capture_source: Optional[str] = None,
                  classify_workers: int = 1, log_dir: Optional[Path] = None, extra_env: Optional[Mapping[str, str]] = None):
-        from services.web.hub import web_frames_endpoint
         self.cfg = cfg
         base = {**os.environ, **config_env(cfg), "PYTHONPATH": str(ROOT), "FERLIVE_LOG_LEVEL": "WARNING",
                 **(extra_env or {})}
-        base["FERLIVE_WEB_FRAMES_ENDPOINT"] = web_frames_endpoint(cfg)
         if model_dir:
             base["FERLIVE_MODEL_DIR"] = str(model_dir)
         stages: list[tuple[str, dict[str, str]]] = []
         detect_env = dict(base)
-        if capture_source is None and not hasattr(cfg, "web_frames_endpoint"):
-            detect_env["FERLIVE_FRAMES_ENDPOINT"] = web_frames_endpoint(cfg)
         stages.append(("annotate", base))
         stages += [("classify", base)] * classify_workers
         stages.append(("detect", detect_env))

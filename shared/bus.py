@@ -178,7 +178,7 @@ class NewestReceiver:
                  key: "Optional[Callable[[bytes], object]]" = None) -> None:
         self._make, self._ctx, self._key = make, ctx, key
         self._cond = threading.Condition()
-        self._slots: dict[object, tuple[bytes, float]] = {}
+        self._slots: dict[object, tuple[bytes, float, float]] = {}  # key -> (data, arrived, waiting since)
         self._skipped = 0
         self.arrived_at = 0.0
         self._stop = False
@@ -198,10 +198,11 @@ class NewestReceiver:
                 arrived = time.time()
                 k = self._key(data) if self._key else None
                 with self._cond:
+                    since = arrived
                     if k in self._slots:
                         self._skipped += 1
-                        arrived = min(arrived, self._slots[k][1])  # the slot keeps its place in line
-                    self._slots[k] = (data, arrived)
+                        since = self._slots[k][2]  # the slot keeps its place in line
+                    self._slots[k] = (data, arrived, since)
                     self._cond.notify()
         finally:
             sock.close(0)
@@ -212,8 +213,8 @@ class NewestReceiver:
                 self._cond.wait(timeout_s)
             if not self._slots:
                 return None, 0
-            k = min(self._slots, key=lambda j: self._slots[j][1])
-            data, self.arrived_at = self._slots.pop(k)
+            k = min(self._slots, key=lambda j: self._slots[j][2])
+            data, self.arrived_at, _ = self._slots.pop(k)
             skipped, self._skipped = self._skipped, 0
             return data, skipped
 

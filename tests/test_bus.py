@@ -152,3 +152,17 @@ def test_heartbeat_reports_idle_without_input(cfg, ctx):
     hb.note_input()
     hb.tick(force=True)
     assert decode(bus.recv_nowait(collector, 1000)).status == "ok"
+
+
+def test_arrival_time_is_the_returned_messages_own(cfg, ctx):
+    pub = bus.frames_pub(cfg, ctx)
+    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx))
+    assert bus.wait_for_subscriber(pub, 2.0)
+    bus.send_nowait(pub, b"old")
+    time.sleep(0.2)
+    t_send = time.time()
+    bus.send_nowait(pub, b"new")
+    time.sleep(0.1)
+    data, skipped = newest.get(1.0)
+    assert (data, skipped) == (b"new", 1) and newest.arrived_at >= t_send  # hops never go negative
+    newest.close()

@@ -55,7 +55,7 @@ class Pipeline:
     def __init__(self, cfg: Config, model_dir: Optional[str | Path] = None, *, capture_source: Optional[str] = None,
                  classify_workers: int = 1, log_dir: Optional[Path] = None, extra_env: Optional[Mapping[str, str]] = None):
         self.cfg = cfg
-        base = {**os.environ, **config_env(cfg), "PYTHONPATH": str(ROOT), "FERLIVE_LOG_LEVEL": "WARNING",
+        base = {**os.environ, **config_env(cfg), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "FERLIVE_LOG_LEVEL": "WARNING",
                 **(extra_env or {})}
         if model_dir:
             base["FERLIVE_MODEL_DIR"] = str(model_dir)

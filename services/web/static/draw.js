@@ -29,6 +29,21 @@ const FER = (() => {
     return { w: r.width, h: r.height, dpr };
   }
 
+  function overlaps(a, b) {
+    return a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3];
+  }
+
+  function placePanel(x, y, w, h, labelY, pw, ph, cw, ch, occupied) {
+    const candidates = [[x, y + h + 6], [x + w + 8, y], [x - pw - 8, y], [x, labelY - ph - 4]];
+    for (const [px, py] of candidates) {
+      const r = [px, py, pw, ph];
+      if (px < 0 || py < 0 || px + pw > cw || py + ph > ch) continue;
+      if (occupied.some((o) => !(o[0] === x && o[1] === y) && overlaps(r, o))) continue;
+      return { px, py };
+    }
+    return { px: Math.max(0, Math.min(cw - pw, x)), py: Math.max(0, Math.min(ch - ph, y + h + 6)) };
+  }
+
   // faces: [{box:[x,y,w,h], emotion, scores:{...}}] in source pixels; sx, sy: source -> CSS pixels.
   // Returns what was drawn, also stored on canvas.dataset (boxes, labels, bars) for tests and tools.
   function drawFaces(canvas, faces, sx, sy) {
@@ -40,6 +55,7 @@ const FER = (() => {
     const cw = canvas.width / dpr, ch = canvas.height / dpr;
     const labels = [];
     let bars = 0;
+    const occupied = faces.map((f) => [f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy]);
     for (const face of faces) {
       const [bx, by, bw, bh] = face.box;
       const x = bx * sx, y = by * sy, w = bw * sx, h = bh * sy;
@@ -60,13 +76,10 @@ const FER = (() => {
       ctx.textBaseline = "middle";
       ctx.fillText(label, x + 5, ly + 12);
       labels.push(emo);
-      // seven bars beside the box: right if there is room, else left, clamped to the canvas
+      // seven bars: below the box, else right, left or above it; avoiding other faces and panels
       const pw = 150, rowH = 15, ph = EMOTIONS.length * rowH + 10;
-      let px = x + w + 8;
-      if (px + pw > cw) px = x - pw - 8;
-      if (px < 0) px = Math.max(0, Math.min(cw - pw, x));
-      let py = Math.max(0, Math.min(ch - ph, y));
-      if (px === x) py = Math.min(ch - ph, y + h + 6);
+      const { px, py } = placePanel(x, y, w, h, ly, pw, ph, cw, ch, occupied);
+      occupied.push([px, py, pw, ph]);
       ctx.fillStyle = "rgba(15, 17, 21, 0.78)";
       ctx.fillRect(px, py, pw, ph);
       ctx.font = "11px system-ui, sans-serif";

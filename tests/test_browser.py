@@ -1,0 +1,188 @@
+"""The pages in a real browser: Debian's Chromium through Playwright, a fake webcam playing real FER2013
+faces, against the real pipeline processes. Screenshots go to $FERLIVE_SCREENSHOTS (default: tmp dir)."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from services.web.testing import (Pipeline, WebServer, detectable_faces, encode_jpeg, pipeline_config,
+                                  place_faces, wait_until, write_y4m)
+from shared.labels import EMOTIONS
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                 "--disable-backgrounding-occluded-windows",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
+def face_video_frames(faces, n: int = 60) -> list[np.ndarray]:
+    """640x480 frames: two real faces drifting slowly (so the overlay follows them)."""
+    frames = []
+    for i in range(n):
+        dx = int(20 * np.sin(2 * np.pi * i / n))
+        frame, _ = place_faces(faces[:2], [(60 + dx, 140), (390 - dx, 150)], side=160)
+        frames.append(frame)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def detector():
+    mod = pytest.importorskip("services.detect.detector", reason="services/detect/detector.py not landed")
+    return mod.FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def faces(sample_data, detector):
+    return detectable_faces(sample_data.faces, detector, count=2)
+
+
+@pytest.fixture(scope="module")
+def media(faces, tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    frames = face_video_frames(faces)
+    y4m = write_y4m(frames, d / "webcam.y4m", fps=30)
+    avi = d / "camera.avi"
+    w = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), 15, (640, 480))
+    for f in frames:
+        w.write(f)
+    w.release()
+    return {"y4m": y4m, "avi": avi, "frame": frames[0]}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, media, tmp_path_factory):
+    cfg = pipeline_config(fps=15.0)
+    logs = tmp_path_factory.mktemp("browser-pipeline")
+    pipe = Pipeline(cfg, tiny_model_dir, capture_source=str(media["avi"]), log_dir=logs)
+    web = WebServer({"FERLIVE": cfg, "MODEL_DIR": str(tiny_model_dir)})
+    hub = web.app.extensions["ferlive.hub"]
+    assert wait_until(lambda: hub.health()["ok"], 40), f"pipeline did not start (logs: {logs})"
+    yield web
+    web.stop()
+    pipe.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(media):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian's chromium is missing: `make browser` (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=CHROMIUM_ARGS + [f"--use-file-for-fake-video-capture={media['y4m']}"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.csp_errors = []
+    pg.on("console", lambda m: pg.csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    d = Path(os.environ.get("FERLIVE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def wait_js(page, expr: str, timeout: float = 20000) -> None:
+    """Poll a JS expression until truthy (page.wait_for_function would need 'unsafe-eval' under our CSP)."""
+    import time
+    deadline = time.monotonic() + timeout / 1000
+    while time.monotonic() < deadline:
+        if page.evaluate(expr):
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out waiting for {expr}")
+
+
+def overlay(page) -> dict:
+    return page.eval_on_selector("#overlay", "c => ({boxes: +c.dataset.boxes, bars: +c.dataset.bars, "
+                                             "labels: c.dataset.labels, w: c.width, h: c.height})")
+
+
+def test_webcam_page_draws_boxes_labels_and_bars_over_the_video(page, server, shots):
+    page.goto(server.url + "/webcam")
+    assert page.evaluate("window.ferlive.results") == 0
+    assert server.app.extensions["ferlive.hub"].clients == 0     # nothing leaves before the click
+    page.click("#start")
+    wait_js(page, "window.ferlive.results >= 5 && +document.querySelector('#overlay').dataset.boxes >= 1",
+                           timeout=30000)
+    o = overlay(page)
+    assert o["boxes"] >= 1 and o["bars"] == 7 * o["boxes"]
+    assert all(label in EMOTIONS for label in o["labels"].split(","))
+    # the overlay has drawn pixels (box strokes, label, bar panel)
+    drawn = page.eval_on_selector("#overlay", "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, "
+                                              "c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) "
+                                              "if (d[i]) n++; return n; }")
+    assert drawn > 2000
+    wait_js(page, "document.querySelector('#fps').textContent !== '–'", timeout=10000)
+    assert float(page.text_content("#fps")) > 0 and float(page.text_content("#rtt")) > 0
+    page.wait_for_timeout(1500)  # a little timeline
+    page.screenshot(path=str(shots / "webcam.png"))
+    assert not page.evaluate("window.ferlive.errors")
+    assert not page.csp_errors
+
+    # pause stops sending; resume sends again
+    page.click("#pause")
+    page.wait_for_timeout(600)
+    n = page.evaluate("window.ferlive.results")
+    page.wait_for_timeout(800)
+    assert page.evaluate("window.ferlive.results") == n
+    page.click("#pause")
+    wait_js(page, f"window.ferlive.results > {n}", timeout=10000)
+
+    # the session's results as CSV
+    with page.expect_download() as dl:
+        page.click("#download")
+    rows = list(csv.reader(io.StringIO(Path(dl.value.path()).read_text())))
+    assert rows[0][:10] == ["time", "elapsed_ms", "seq", "face", "track_id", "x", "y", "w", "h", "emotion"]
+    assert rows[0][10:17] == list(EMOTIONS) and len(rows) > 5
+    assert all(r[9] in EMOTIONS and abs(sum(map(float, r[10:17])) - 1) < 0.05 for r in rows[1:])
+
+
+def test_live_page_shows_the_mjpeg_stream_and_probabilities(page, server, shots):
+    page.goto(server.url + "/")
+    wait_js(page, "document.querySelector('#stream').naturalWidth === 640", timeout=20000)
+    wait_js(page, "document.querySelectorAll('#faces .face').length >= 1", timeout=20000)
+    assert page.locator("#faces .face").first.locator(".bar").count() == 7
+    wait_js(page, "document.querySelectorAll('#stages .pill.up').length === 4", timeout=10000)
+    wait_js(page, "document.querySelector('#fps').textContent !== '–'", timeout=10000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shots / "live.png"))
+    assert not page.csp_errors
+
+
+def test_upload_page_annotates_a_dropped_photo(page, server, media, shots, tmp_path):
+    photo = tmp_path / "faces.jpg"
+    photo.write_bytes(encode_jpeg(media["frame"]))
+    page.goto(server.url + "/upload")
+    page.set_input_files("#file", str(photo))
+    wait_js(page, "+document.querySelector('#overlay').dataset.boxes >= 2", timeout=20000)
+    o = overlay(page)
+    assert o["bars"] == 7 * o["boxes"]
+    assert page.locator("#faces .face").count() == o["boxes"]
+    page.screenshot(path=str(shots / "upload.png"))
+    # a bad file is reported, not a crash
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"these are not pixels")
+    page.set_input_files("#file", str(bad))
+    wait_js(page, "document.querySelector('#result-text').classList.contains('error')", timeout=10000)
+    assert "not an image" in page.text_content("#result-text")
+    assert not page.csp_errors

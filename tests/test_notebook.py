@@ -27,6 +27,8 @@ def python3_kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("FERLIVE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))   # the notebook's run and export land here
     return "python3"
 
 

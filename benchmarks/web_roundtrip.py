@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                                         args=CHROMIUM_ARGS + [f"--use-file-for-fake-video-capture={y4m}"])
             for n in a.clients:
                 r = measure(browser, web.url, n, a.seconds, a.warmup, a.width)
-                r["pipeline_latency_ms"] = hub.health()["latency_ms"].get("total")
+                r["server_latency_p50_ms"] = {k: v["p50"] for k, v in hub.health()["latency_ms"].items()}
                 results.append(r)
                 print(json.dumps(r), flush=True)
             browser.close()

@@ -61,7 +61,10 @@ class Config:
     retry_max_s: float = _f(5.0, "longest wait between attempts to reopen a lost camera/stream")
     # --- detect / classify --------------------------------------------------------------------
     model_dir: str = _f("", "exported model folder for classify ('' = the bundled default model)")
-    face_margin: float = _f(0.0, "grow each detector box by this fraction of its side before cropping")
+    face_margin: float = _f(0.0, "crop margin per side as a fraction of the box (0: the detector's measured framing)")
+    detector_kind: str = _f("haar", "face detector: 'haar' (OpenCV cascade) or 'blazeface' (TFLite)")
+    detector_redetect_every: int = _f(1, "full-frame detection every N frames per source; between, only near "
+                                         "the last boxes (faster)")
     # --- annotate -----------------------------------------------------------------------------
     reorder_window: int = _f(8, "results held to put frames back in order; beyond it a missing one is skipped")
     reorder_timeout_ms: float = _f(100.0, "longest a frame waits for an earlier, missing one")

@@ -36,18 +36,13 @@ def detector_cls():
 
 
 def place_faces(sample_data, n_frames: int) -> list[np.ndarray]:
-    """640x480 frames with 0, 1 or 2 real FER2013 faces (upscaled to 140 px) that drift across them.
-    (Test-local placement; shared/synthetic.py was not in the tree when this was written.)"""
+    """640x480 frames with 0, 1 or 2 real FER2013 faces (shared.synthetic.place_faces)."""
+    from shared.synthetic import place_faces as place
     rng = np.random.default_rng(0)
     frames = []
     for i in range(n_frames):
         n = (0, 1, 2)[i % 3] if i % 6 else 0
-        frame = np.full((480, 640, 3), 110, np.uint8) + rng.integers(0, 8, (480, 640, 1), dtype=np.uint8)
-        for k in range(n):
-            face = cv2.resize(sample_data.faces[(i * 2 + k) % len(sample_data.faces)], (140, 140),
-                              interpolation=cv2.INTER_CUBIC)
-            x, y = 60 + 300 * k + 3 * i, 150 + 2 * i
-            frame[y:y + 140, x:x + 140] = face[..., None]
+        frame, _ = place(sample_data.faces[2 * i:2 * i + n], face_px=(120, 170), rng=rng, background="noise")
         frames.append(frame)
     return frames
 
@@ -191,7 +186,7 @@ def check_results(pipe: Pipeline, n_frames: int, detector_cls, model_dir) -> Non
     for _, ann in pipe.out:
         sent = pipe.sent[ann.frame.seq]
         frame_bgr = cv2.imdecode(np.frombuffer(sent.jpeg, np.uint8), cv2.IMREAD_COLOR)
-        det = detector.detect(frame_bgr)
+        det = detector.detect(frame_bgr, source_id=sent.source_id)
         expected = model.predict_proba(det.crops) if len(det.crops) else np.zeros((0, 7), np.float32)
         want = {tuple(map(int, b)): p for b, p in zip(det.boxes_xywh, expected)}  # order-free match
         assert sorted(r.box_xywh for r in ann.results) == sorted(want)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class Detector(Protocol):
-    def detect(self, frame_bgr: np.ndarray): ...
+    def detect(self, frame_bgr: np.ndarray, source_id: str = ""): ...
 
 
 class BadFrame(ValueError):
@@ -74,7 +74,7 @@ class DetectStage:
             self.counters["bad_frames"] += 1
             log.warning("dropped a frame: %s", exc)
             return None
-        det = self.detector.detect(frame_bgr)
+        det = self.detector.detect(frame_bgr, source_id=frame.source_id)  # per-source state, if any
         faces = Faces(frame=frame, boxes_xywh=det.boxes_xywh, crops=det.crops, job=self.job, run=self.run)
         self.counters["faces"] += len(faces)
         return faces

@@ -25,10 +25,12 @@ def annotate(frame_bgr: np.ndarray, results: list[FaceResult]) -> np.ndarray:
         ty = max(th + base, y)
         cv2.rectangle(frame_bgr, (x, ty - th - base), (x + tw + 4, ty), color, -1)
         cv2.putText(frame_bgr, label, (x + 2, ty - base), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        # bars: one row per emotion below the box (or inside it near the bottom edge)
-        bx, by, bar_w = x, min(y + h + 4, H - 7 * 9), max(40, w)
+        # bars: one row per emotion below the box (kept inside the frame): name, then a bar of its score
+        bx, by, bar_w = max(0, x), min(y + h + 4, H - 7 * 9), max(60, w) - 28
         for k, e in enumerate(EMOTIONS):
             yy = by + k * 9
-            cv2.rectangle(frame_bgr, (bx, yy), (bx + int(bar_w * r.scores[e]), yy + 6), COLORS_BGR[e], -1)
-            cv2.putText(frame_bgr, e[:3], (bx + bar_w + 3, yy + 6), font, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(frame_bgr, e[:3], (bx, yy + 7), font, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.rectangle(frame_bgr, (bx + 26, yy + 1), (bx + 26 + bar_w, yy + 7), (60, 60, 60), -1)
+            cv2.rectangle(frame_bgr, (bx + 26, yy + 1), (bx + 26 + int(bar_w * r.scores[e]), yy + 7),
+                          COLORS_BGR[e], -1)
     return frame_bgr

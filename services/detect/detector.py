@@ -11,7 +11,8 @@ FER2013 face: each kind's box differs from FER2013's framing by a scale and an o
 PublicTest faces placed into frames by ``benchmarks/detector.py`` (``FRAMING`` below).
 
 State: with ``redetect_every = N > 1`` a full-frame detection runs on every N-th frame of a source and
-the frames between look only in a small region around that source's last boxes. The state is kept per
+the frames between look only in a small region around that source's last boxes (falling back to the
+whole frame when a face is not found in its region, so reuse never drops a face detection would keep). The state is kept per
 ``source_id`` (the argument of `detect`), so one detector may serve several sources; a FaceDetector is
 not thread-safe: give each thread its own, or serialise calls.
 """
@@ -84,7 +85,7 @@ class DetectorConfig:
     min_score: float = 0.5             # blazeface: least face score
     margin: float | None = None        # crop growth per side, fraction of the box side (None: FRAMING[kind])
     shift_y: float | None = None       # crop centre below the box centre, fraction of side (None: FRAMING)
-    redetect_every: int = 1            # full-frame detection every N frames per source; between: ROI only
+    redetect_every: int = 1            # full-frame detection every N frames per source; between: ROIs
     roi_pad: float = 0.5               # ROI around a previous box, grown by this fraction of its side
     align: bool = False                # level the eyes before cropping (measured: see benchmarks/detector.py)
 
@@ -289,14 +290,17 @@ class FaceDetector:
         state = self._state(source_id, gray.shape)
         full = cfg.redetect_every <= 1 or state.frames % cfg.redetect_every == 0
         state.frames += 1
+        if not full:
+            boxes, eyes = self._track(small_bgr, small_gray, state.boxes * s)
+            full = len(boxes) < len(state.boxes)  # a face was lost in its ROI: look at the whole frame
         if full:
             boxes, eyes = self._backend.find(small_bgr, small_gray, cfg.min_face * s)
-        else:
-            boxes, eyes = self._track(small_bgr, small_gray, state.boxes * s)
         boxes = boxes / s
         if eyes is not None:
             eyes = eyes / s
         boxes, eyes = self._clip(boxes, eyes, W, H)
+        order = np.lexsort((boxes[:, 0], boxes[:, 1]))  # a stable order: top to bottom, then left to right
+        boxes, eyes = boxes[order], (eyes[order] if eyes is not None else None)
         if cfg.redetect_every > 1:
             state.boxes = boxes.astype(np.float32)
         if not len(boxes):

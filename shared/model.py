@@ -122,6 +122,7 @@ class FacialExpressionModel:
         arch = self._require(MODEL_JSON).read_text()
         self._keras = keras.models.model_from_json(arch)
         self._keras.load_weights(str(self._require(WEIGHTS)))
+        self._to_numpy = keras.ops.convert_to_numpy
 
     def predict_proba(self, faces: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Face crops (uint8 gray (N,H,W), BGR (N,H,W,3), one (H,W) face, or a list of any sizes) ->
@@ -159,7 +160,7 @@ class FacialExpressionModel:
         return dequantize(out, *self._out_q) if self._out_q is not None else out.astype(np.float32)
 
     def _run_keras(self, x: np.ndarray) -> np.ndarray:
-        parts = [np.asarray(self._keras(x[i:i + KERAS_BATCH], training=False))
+        parts = [self._to_numpy(self._keras(x[i:i + KERAS_BATCH], training=False))
                  for i in range(0, len(x), KERAS_BATCH)]
         return np.concatenate(parts).astype(np.float32)
 

@@ -110,10 +110,12 @@ def plot_confusion(confusion: list[list[int]], path: str | Path, title: str = ""
 
 def keras_predict(model) -> PredictFn:
     """PredictFn of an in-memory Keras model (same preprocessing as FacialExpressionModel)."""
+    import keras
+
     from shared.preprocess import to_model_input
 
     def predict(faces: np.ndarray) -> np.ndarray:
-        return np.asarray(model(to_model_input(faces), training=False), dtype=np.float32)
+        return keras.ops.convert_to_numpy(model(to_model_input(faces), training=False)).astype(np.float32)
     return predict
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -30,22 +31,26 @@ class FacePrediction:
     probs: np.ndarray
 
 
-def find_faces(image_bgr: np.ndarray, min_size: int = 48) -> list[tuple[int, int, int, int]]:
-    """Haar-cascade face boxes (x, y, w, h), largest first."""
-    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
-    gray = to_gray(image_bgr)
-    boxes = cascade.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5,
-                                     minSize=(min_size, min_size))
+@lru_cache(maxsize=1)
+def _cascade() -> cv2.CascadeClassifier:
+    """OpenCV's frontal-face Haar cascade, loaded once per process."""
+    return cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+
+
+def find_faces(image_gray: np.ndarray, min_size: int = 48) -> list[tuple[int, int, int, int]]:
+    """Haar-cascade face boxes (x, y, w, h) in a gray image, largest first."""
+    boxes = _cascade().detectMultiScale(cv2.equalizeHist(image_gray), scaleFactor=1.1, minNeighbors=5,
+                                        minSize=(min_size, min_size))
     return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3])
 
 
 def face_crops(image_bgr: np.ndarray) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
     """The image itself when it is crop-sized, else the faces the cascade finds (possibly none)."""
-    h, w = image_bgr.shape[:2]
-    if max(h, w) <= CROP_MAX_SIDE:
-        return [(0, 0, w, h)], [to_gray(image_bgr)]
-    boxes = find_faces(image_bgr)
     gray = to_gray(image_bgr)
+    h, w = gray.shape
+    if max(h, w) <= CROP_MAX_SIDE:
+        return [(0, 0, w, h)], [gray]
+    boxes = find_faces(gray)
     return boxes, [crop_face(gray, b, margin=FACE_MARGIN) for b in boxes]
 
 

@@ -18,7 +18,6 @@ import numpy as np
 from shared.preprocess import crop_face, to_gray
 
 CROP_MAX_SIDE = 96
-FACE_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,11 @@ def face_crops(image_bgr: np.ndarray) -> tuple[list[tuple[int, int, int, int]], 
     h, w = gray.shape
     if max(h, w) <= CROP_MAX_SIDE:
         return [(0, 0, w, h)], [gray]
+    from services.detect.detector import FRAMING  # the Haar box -> FER2013 framing measured by detect
+
+    margin, _shift = FRAMING["haar"]
     boxes = find_faces(gray)
-    return boxes, [crop_face(gray, b, margin=FACE_MARGIN) for b in boxes]
+    return boxes, [crop_face(gray, b, margin=margin) for b in boxes]
 
 
 def predict_images(model, paths: list[str | Path]) -> list[FacePrediction]:

@@ -151,6 +151,7 @@ class FrameSession:
             self._inflight = InFlight(seq, self._pipeline_seq, t_recv, image.scale, *image.original_wh)
             self.counters["frames"] += 1
             pipeline_seq = self._pipeline_seq
+            self._cond.notify_all()  # the sender starts this frame's timeout clock
         h, w = frame_bgr.shape[:2]
         if not self.hub.publish_frame(self.source_id, pipeline_seq, jpeg, w, h, t_recv):
             with self._cond:

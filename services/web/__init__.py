@@ -47,7 +47,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         WS_MAX_FRAME_BYTES=2 * 1024 * 1024,
         WS_RESULT_TIMEOUT=2.0,
     )
-    if test_config is not None:
+    if test_config is None:
+        # e.g. FERLIVE_WEB_MAX_CONTENT_LENGTH=20971520 (values are parsed as JSON)
+        app.config.from_prefixed_env("FERLIVE_WEB")
+    else:
         app.config.from_mapping(test_config)
     # simple-websocket: read big chunks (frames are tens of kB), ping idle clients, hard size cap.
     app.config.setdefault("SOCK_SERVER_OPTIONS", {

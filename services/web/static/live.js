@@ -16,7 +16,8 @@
         const key = `${d.source_id}:${d.seq}`;
         if (key !== lastKey) {
           lastKey = key;
-          const faces = d.faces || [];
+          // by track id, so a face's card stays in place from frame to frame
+          const faces = (d.faces || []).slice().sort((a, b) => (a.track_id ?? 0) - (b.track_id ?? 0));
           FER.renderList($("faces"), faces);
           $("face-count").textContent = faces.length;
           $("faces-empty").hidden = faces.length > 0;

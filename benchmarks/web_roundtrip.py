@@ -96,9 +96,10 @@ def main(argv=None) -> int:
     y4m = make_webcam(tmp / "webcam.y4m")
     cfg = pipeline_config()
     pipe = Pipeline(cfg, a.model_dir or None, classify_workers=a.workers, log_dir=tmp)
-    web = WebServer({"FERLIVE": cfg, "MODEL_DIR": a.model_dir or None})
+    web = None
     results = []
     try:
+        web = WebServer({"FERLIVE": cfg, "MODEL_DIR": a.model_dir or None})
         hub = web.app.extensions["ferlive.hub"]
         if not wait_until(lambda: all(hub.health()["stages"][s]["alive"] for s in ("detect", "classify", "annotate")), 60):
             raise SystemExit(f"pipeline did not start; logs in {tmp}")
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
                 print(json.dumps(r), flush=True)
             browser.close()
     finally:
-        web.stop()
+        if web is not None:
+            web.stop()
         pipe.stop()
     print(f"\n{'clients':>7} {'frames':>7} {'rtt p50':>8} {'rtt p95':>8} {'fps/client':>10} {'lost':>5}")
     for r in results:

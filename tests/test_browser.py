@@ -66,10 +66,12 @@ def server(tiny_model_dir, media, tmp_path_factory):
     pipe = Pipeline(cfg, tiny_model_dir, capture_source=str(media["avi"]), log_dir=logs)
     web = WebServer({"FERLIVE": cfg, "MODEL_DIR": str(tiny_model_dir)})
     hub = web.app.extensions["ferlive.hub"]
-    assert wait_until(lambda: hub.health()["ok"], 40), f"pipeline did not start (logs: {logs})"
-    yield web
-    web.stop()
-    pipe.stop()
+    try:
+        assert wait_until(lambda: hub.health()["ok"], 40), f"pipeline did not start (logs: {logs})"
+        yield web
+    finally:
+        web.stop()
+        pipe.stop()
 
 
 @pytest.fixture(scope="module")

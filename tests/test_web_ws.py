@@ -35,11 +35,13 @@ def server(tiny_model_dir, tmp_path_factory, detector):
     web = WebServer({"FERLIVE": cfg, "MODEL_DIR": str(tiny_model_dir)})
     # wait until detect, classify and annotate are up (heartbeats reach the web)
     hub = web.app.extensions["ferlive.hub"]
-    ok = wait_until(lambda: all(hub.health()["stages"][s]["alive"] for s in ("detect", "classify", "annotate")), 30)
-    assert ok, f"pipeline did not start; logs in {logs}: " + str(hub.health()["stages"])
-    yield web
-    web.stop()
-    pipe.stop()
+    try:
+        ok = wait_until(lambda: all(hub.health()["stages"][s]["alive"] for s in ("detect", "classify", "annotate")), 30)
+        assert ok, f"pipeline did not start; logs in {logs}: " + str(hub.health()["stages"])
+        yield web
+    finally:
+        web.stop()
+        pipe.stop()
 
 
 def ws_url(server) -> str:

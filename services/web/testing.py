@@ -3,7 +3,7 @@
 * ``pipeline_config()``: a Config whose endpoints are all on free local ports.
 * ``Pipeline``: detect, classify and annotate (and optionally capture) as real processes.
 * ``WebServer``: the app on a real threaded HTTP server in this process (WebSockets need one).
-* ``face_frame()`` / ``write_y4m()``: real FER2013 faces placed into a frame; a Chromium fake-webcam file.
+* ``place_faces()`` / ``write_y4m()``: real FER2013 faces at chosen places (shared.synthetic); a fake webcam.
 """
 from __future__ import annotations
 
@@ -110,17 +110,12 @@ class WebServer:
 
 # ------------------------------------------------------------------------------- synthetic frames
 def place_faces(faces_gray: Sequence[np.ndarray], positions: Sequence[tuple[int, int]], side: int = 170,
-                size: tuple[int, int] = (640, 480), background: int = 96) -> tuple[np.ndarray, np.ndarray]:
-    """FER2013 faces (48x48 gray) scaled to `side` px at top-left `positions` in a BGR frame of `size`
-    (w, h). Returns (frame_bgr, boxes_xywh int32 (N,4))."""
-    w, h = size
-    frame = np.full((h, w), background, np.uint8)
-    boxes = []
-    for face, (x, y) in zip(faces_gray, positions):
-        big = cv2.resize(np.asarray(face, np.uint8), (side, side), interpolation=cv2.INTER_CUBIC)
-        frame[y:y + side, x:x + side] = big
-        boxes.append((x, y, side, side))
-    return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), np.asarray(boxes, np.int32).reshape(-1, 4)
+                size: tuple[int, int] = (640, 480)) -> tuple[np.ndarray, np.ndarray]:
+    """FER2013 faces (48x48 gray) as `side`-px squares with top-left corners at `positions` in a BGR frame
+    of `size` (w, h), via shared.synthetic. Returns (frame_bgr, boxes_xywh int32 (N,4))."""
+    from shared import synthetic
+    boxes = np.asarray([(x, y, side, side) for x, y in positions], np.int32).reshape(-1, 4)
+    return synthetic.place_faces(list(faces_gray), size, boxes_xywh=boxes, background="plain")
 
 
 def detectable_faces(sample_faces: np.ndarray, detector: Any, count: int = 4, side: int = 170) -> list[np.ndarray]:
@@ -143,15 +138,9 @@ def encode_jpeg(frame_bgr: np.ndarray, quality: int = 85) -> bytes:
 
 
 def write_y4m(frames_bgr: Sequence[np.ndarray], path: str | Path, fps: int = 30) -> Path:
-    """Frames -> a YUV4MPEG2 (4:2:0) file, the format of Chromium's --use-file-for-fake-video-capture."""
-    path = Path(path)
-    h, w = frames_bgr[0].shape[:2]
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for frame in frames_bgr:
-            f.write(b"FRAME\n")
-            f.write(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
-    return path
+    """Frames -> YUV4MPEG2 for Chromium's --use-file-for-fake-video-capture (shared.synthetic's writer)."""
+    from shared import synthetic
+    return synthetic.write_y4m(frames_bgr, path, fps=fps)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:

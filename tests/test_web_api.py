@@ -194,3 +194,13 @@ def test_size_limit_is_configurable(client):
 def test_get_on_predict_is_405_json(client):
     r = client.get("/api/predict")
     assert r.status_code == 405 and r.is_json
+
+
+def test_predict_without_a_model_is_503_json(tmp_path, faces):
+    app = create_app({"FERLIVE": pipeline_config(), "TESTING": True, "MODEL_DIR": str(tmp_path / "missing")})
+    try:
+        frame, _ = place_faces(faces[:1], [(200, 100)])
+        r = app.test_client().post("/api/predict", data=encode_jpeg(frame))
+        assert r.status_code == 503 and "model not available" in r.get_json()["error"]
+    finally:
+        close_app(app)

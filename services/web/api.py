@@ -84,7 +84,10 @@ def predict():
     except ImageError as exc:
         return _bad_request(str(exc))
     t1 = time.perf_counter()
-    predictor = current_app.extensions["ferlive.predictor"].get()
+    try:
+        predictor = current_app.extensions["ferlive.predictor"].get()
+    except (FileNotFoundError, ValueError) as exc:  # no bundled model / a bad --model-dir
+        return jsonify(error=f"model not available: {exc}", status=503), 503
     results, steps = predictor.predict(image.frame_bgr, image.scale)
     total = (time.perf_counter() - t0) * 1e3
     return jsonify(faces=[r.to_json() for r in results], width=image.original_wh[0],

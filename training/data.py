@@ -6,6 +6,7 @@ import csv
 import hashlib
 import logging
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,10 @@ def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerData:
         np.save(tmp / "faces.npy", data.faces)
         np.save(tmp / "labels.npy", data.labels)
         np.save(tmp / "splits.npy", data.splits.astype("U11"))
-        os.replace(tmp, target) if not target.exists() else None
+        if target.exists():  # another process cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
     except OSError as e:
         log.warning("could not cache decoded FER2013 at %s: %s", target, e)
     return data

@@ -149,3 +149,17 @@ def test_stage_passes_zero_face_frames_and_counts_bad_messages():
     assert cv2.imdecode(np.frombuffer(back.frame.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
     assert stage.push(b"garbage", 0.0) == [] and stage.counters["bad_messages"] == 1
     assert stage.push(encode(out[0]), 0.0) == [] and stage.counters["bad_messages"] == 2  # wrong kind
+
+
+def test_idle_sources_are_forgotten():
+    """Browser sources come and go: their trackers must not pile up."""
+    from services.annotate import stage as annotate_stage
+    from shared.config import Config
+
+    st = annotate_stage.AnnotateStage(Config())
+    st.trackers["browser-a"] = object()
+    st._last_seen["browser-a"] = 100.0
+    st.trackers["demo"] = object()
+    st._last_seen["demo"] = 100.0 + annotate_stage.SOURCE_IDLE_S
+    st.forget_idle_sources(100.0 + annotate_stage.SOURCE_IDLE_S + 1)
+    assert "browser-a" not in st.trackers and "demo" in st.trackers

@@ -18,6 +18,9 @@ from services.annotate.sink import Reorderer, Tracker, face_results
 
 log = logging.getLogger(__name__)
 
+SOURCE_IDLE_S = 30.0
+"""A source with no frame for this long loses its tracks (its tracker is rebuilt if it comes back)."""
+
 
 class AnnotateStage:
     """Predictions in (any order) -> Annotated out (frame order), one tracker per source."""
@@ -27,6 +30,7 @@ class AnnotateStage:
         self.counters = counters if counters is not None else Counter()
         self.reorder = Reorderer(cfg.reorder_window, cfg.reorder_timeout_ms / 1e3, self.counters)
         self.trackers: dict[str, Tracker] = {}
+        self._last_seen: dict[str, float] = {}
 
     def push(self, data: bytes, now: float) -> list[Annotated]:
         try:
@@ -38,10 +42,18 @@ class AnnotateStage:
         return [self.render(p, t) for t, p in self.reorder.push(preds, now)]
 
     def poll(self, now: float) -> list[Annotated]:
+        self.forget_idle_sources(now)
         return [self.render(p, t) for t, p in self.reorder.poll(now)]
+
+    def forget_idle_sources(self, now: float) -> None:
+        """Drop the tracks of sources silent for SOURCE_IDLE_S (browser cameras come and go)."""
+        for source in [s for s, t in self._last_seen.items() if now - t > SOURCE_IDLE_S]:
+            self.trackers.pop(source, None)
+            del self._last_seen[source]
 
     def render(self, preds: Predictions, t_recv: float) -> Annotated:
         frame = preds.frame
+        self._last_seen[frame.source_id] = t_recv
         tracker = self.trackers.setdefault(frame.source_id, Tracker(
             self.cfg.ema_alpha, self.cfg.iou_threshold, self.cfg.track_max_age))
         results = face_results(preds, tracker)

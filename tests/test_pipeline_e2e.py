@@ -276,9 +276,13 @@ def test_browser_frames_flow_beside_capture(pipeline, sample_data):
     web = bus.make_socket(pipe.ctx, "XPUB", "test_web", pipe.cfg.web_frames_endpoint, bind=True, hwm=16)
     assert bus.wait_for_subscriber(web, 5)
     jpeg = cv2.imencode(".jpg", place_faces(sample_data, 2)[1])[1].tobytes()
-    for seq in range(3):
+    # Keep sending until three come back: the test's own SUB may join annotate's PUB a moment after the
+    # stages report up (reconnect back-off), and PUB drops what is sent before a subscriber joins.
+    seq, t0 = 0, time.time()
+    while len(pipe.out) < 3 and time.time() - t0 < 30:
         bus.send_nowait(web, encode(Frame("browser-1", seq, time.time(), jpeg, 640, 480,
                                           [("capture", time.time(), time.time())])))
+        seq += 1
         pipe.pump(0.3)
     pipe.wait_for(lambda: len(pipe.out) >= 3, 5, "browser frames")
     assert {a.frame.source_id for _, a in pipe.out} == {"browser-1"}

@@ -166,5 +166,8 @@ def test_bad_messages_are_counted_not_fatal(app, annotate):
     pub, _ = annotate
     hub = app.extensions["ferlive.hub"]
     publish_until(pub, lambda s: b"not msgpack at all" if s % 2 else encode(annotated("cam0", s)),
-                  lambda: hub.latest()[0] is not None)
+                  lambda: hub.bad_messages >= 1 and hub.latest()[0] is not None)
     assert hub.bad_messages >= 1
+    before = hub.latest()[0]
+    # still serving after bad input: a later good frame replaces the latest one
+    publish_until(pub, lambda s: encode(annotated("cam0", 10_000 + s)), lambda: hub.latest()[0] is not before)

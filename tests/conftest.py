@@ -52,3 +52,10 @@ def tiny_model_dir(tiny_run_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_model") / "model"
     export_model(tiny_run_dir, out, max_int8_drop=None)
     return out
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """The pipeline's face detector with its default (measured) configuration."""
+    from services.detect.detector import FaceDetector
+    return FaceDetector()

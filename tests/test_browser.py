@@ -36,12 +36,6 @@ def face_video_frames(faces, n: int = 60) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def detector():
-    mod = pytest.importorskip("services.detect.detector", reason="services/detect/detector.py not landed")
-    return mod.FaceDetector()
-
-
-@pytest.fixture(scope="module")
 def faces(sample_data, detector):
     return detectable_faces(sample_data.faces, detector, count=2)
 
@@ -76,7 +70,7 @@ def server(tiny_model_dir, media, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(media):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
     if not os.path.exists(CHROMIUM):
         pytest.fail("Debian's chromium is missing: `make browser` (apt-get install chromium)")
     with sync_api.sync_playwright() as p:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
 from shared.labels import NUM_CLASSES  # noqa: E402
 from shared.preprocess import to_model_input  # noqa: E402

@@ -15,12 +15,6 @@ from shared.labels import EMOTIONS
 
 
 @pytest.fixture(scope="module")
-def detector():
-    mod = pytest.importorskip("services.detect.detector", reason="services/detect/detector.py not landed")
-    return mod.FaceDetector()
-
-
-@pytest.fixture(scope="module")
 def predictor(tiny_model_dir, detector):
     from shared.model import FacialExpressionModel
     return Predictor(detector, FacialExpressionModel(tiny_model_dir), tiny_model_dir)

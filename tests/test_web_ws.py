@@ -17,12 +17,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def detector():
-    mod = pytest.importorskip("services.detect.detector", reason="services/detect/detector.py not landed")
-    return mod.FaceDetector()
-
-
-@pytest.fixture(scope="module")
 def faces(sample_data, detector):
     return detectable_faces(sample_data.faces, detector, count=4)
 

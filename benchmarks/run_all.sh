@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every benchmark, one after another on a quiet machine; JSON results land in benchmarks/results/.
+#   bash benchmarks/run_all.sh [model_dir]      (default: the bundled model)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+MODEL=${1:-shared/bundled_model}
+OUT=benchmarks/results
+mkdir -p "$OUT"
+export PATH="$(dirname "$PY"):$PATH"
+run() { echo "== $*"; "$@"; }
+run "$PY" benchmarks/inference.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --batches 1,16 --repeats 30 --out "$OUT/inference.json"
+run "$PY" benchmarks/train_throughput.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --steps 20 --repeats 3 --out "$OUT/train_throughput.json"
+run "$PY" benchmarks/pipeline.py --seconds 10 --model-dir "$MODEL" --json "$OUT/pipeline.json"
+run "$PY" benchmarks/detector.py --model-dir "$MODEL" --out "$OUT/detector.json"
+run "$PY" benchmarks/web_roundtrip.py --clients 1 8 --seconds 20 --warmup 3 --model-dir "$MODEL" --json "$OUT/web_roundtrip.json"

@@ -27,7 +27,7 @@ from shared.messages import SCHEMA_VERSION, Frame, MessageError, decode, encode
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 N_FRAMES = 24
-FPS = 10
+FPS = 5  # well below detect's capacity on a loaded 2-core CI: this tests loss while workers keep up
 
 
 @pytest.fixture(scope="module")

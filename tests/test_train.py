@@ -164,3 +164,56 @@ def test_resume_after_kill(sample_csv, tmp_path):
     assert timing["sessions"] == 1
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"] == "tiny_cnn" and saved["batch_size"] == 16
+
+
+# --- starting from trained weights -------------------------------------------------------------------
+
+def _weights_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def test_init_from_run_dir_and_exported_dir_copies_the_network(tiny_run_dir, tmp_path, sample_csv):
+    """--init-from takes a run directory, a .weights.h5 or an exported model directory (a flip-TTA
+    wrapper included) and copies every weighted layer; the augmentation block stays as built."""
+    from training.augment import AugmentConfig, build_augmentation
+    from training.export import export_model, load_run
+    from training.models import create_model
+    from training.train import load_initial_weights
+
+    trained, _ = load_run(tiny_run_dir)
+    exported = tmp_path / "exported"
+    export_model(tiny_run_dir, exported, data=sample_csv, flip_tta=True, max_int8_drop=None)
+    for source in (tiny_run_dir, tiny_run_dir / "best.weights.h5", exported):
+        model = create_model("tiny_cnn", augment=build_augmentation(AugmentConfig(), seed=0))
+        assert not _weights_equal(model.get_layer("probs"), trained.get_layer("probs"))
+        copied = load_initial_weights(model, source)
+        assert copied == sum(1 for layer in trained.layers if layer.weights)
+        for layer in trained.layers:
+            assert _weights_equal(model.get_layer(layer.name), layer), (source, layer.name)
+
+
+def test_init_from_refuses_another_architecture_or_a_stray_path(tiny_run_dir, tmp_path):
+    from training.models import create_model
+    from training.train import load_initial_weights
+
+    with pytest.raises(ValueError, match="tiny_cnn run"):
+        load_initial_weights(create_model("mini_xception"), tiny_run_dir)
+    with pytest.raises(FileNotFoundError, match="--init-from"):
+        load_initial_weights(create_model("tiny_cnn"), tmp_path)
+
+
+@pytest.mark.slow
+def test_training_from_init_weights_starts_where_they_left_off(tiny_run_dir, sample_csv, tmp_path, monkeypatch):
+    """A fine-tuning run's first epoch starts from the donor's accuracy, not from scratch."""
+    from training.train import train
+
+    monkeypatch.setenv("FERLIVE_CACHE", str(tmp_path / "cache"))
+    common = dict(model="tiny_cnn", data=str(sample_csv), epochs=1, batch_size=32, lr=1e-9, schedule="constant",
+                  warmup_epochs=0, label_smoothing=0.0, augment=None, per_class=30)
+    fresh = train(TrainConfig(run_dir=str(tmp_path / "fresh"), **common), verbose=0)
+    tuned = train(TrainConfig(run_dir=str(tmp_path / "tuned"), init_from=str(tiny_run_dir), **common), verbose=0)
+    donor = np.genfromtxt(tiny_run_dir / HISTORY, delimiter=",", names=True)
+    # with no learning, the first epoch's loss is the donor's (only BatchNorm's running statistics move)
+    assert tuned.history["loss"][0] < fresh.history["loss"][0], (tuned.history, fresh.history)
+    at_best = float(donor["loss"][int(np.nanargmax(donor["val_accuracy"]))])
+    assert tuned.history["loss"][0] <= 1.1 * at_best, (tuned.history, donor)

@@ -47,6 +47,7 @@ class TrainConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     seed: int = 1
     per_class: int | None = None          # cap faces per class and split (quick runs)
+    init_from: str | None = None          # start from these weights: a run dir, a .weights.h5 or a model dir
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -74,6 +75,46 @@ def take_per_class(data: FerData, n: int | None, seed: int) -> FerData:
 def xy(data: FerData) -> tuple[np.ndarray, np.ndarray]:
     """Model input and one-hot targets."""
     return to_model_input(data.faces), np.eye(NUM_CLASSES, dtype=np.float32)[data.labels]
+
+
+def load_initial_weights(model, source: str | Path) -> int:
+    """Copy weights into `model` (augmentation block aside) from a training run directory (its best
+    checkpoint), a `.weights.h5` checkpoint of the same architecture, or an exported model directory
+    (the network inside a flip-TTA wrapper included). Returns how many layers were copied; ValueError
+    when the source holds another architecture."""
+    import keras
+    from training.models import create_model
+
+    src = Path(source)
+    if (src / CONFIG).is_file() or src.suffix == ".h5":
+        from training.export import load_run
+        if src.suffix == ".h5":
+            donor = create_model(model.name)
+            donor.load_weights(str(src))
+        else:
+            donor, saved = load_run(src)
+            if saved["model"] != model.name:
+                raise ValueError(f"{src} is a {saved['model']} run; cannot initialise a {model.name} from it")
+    elif (src / "card.json").is_file():
+        from shared.model import FacialExpressionModel
+        donor = FacialExpressionModel(src, backend="keras")._keras
+        nested = [l for l in donor.layers if isinstance(l, keras.Model) and l.name == model.name]
+        donor = nested[0] if nested else donor
+    else:
+        raise FileNotFoundError(f"--init-from {src}: not a run directory (config.json), a .weights.h5 file or "
+                                f"an exported model directory (card.json)")
+    copied = 0
+    for layer in model.layers:
+        if not layer.weights or layer.name == "augment":
+            continue
+        try:
+            other = donor.get_layer(layer.name)
+        except ValueError:
+            raise ValueError(f"{src} has no layer {layer.name!r}: it is not a {model.name}") from None
+        layer.set_weights(other.get_weights())
+        copied += 1
+    log.info("initialised %d layers of %s from %s", copied, model.name, src)
+    return copied
 
 
 def lr_at(epoch: int, cfg: TrainConfig, base_lr: float) -> float:
@@ -202,6 +243,8 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     log.info("training on %d faces, validating on %d PublicTest faces", len(x_tr), len(x_va))
 
     model = create_model(cfg.model, augment=build_augmentation(cfg.augment, cfg.seed))
+    if cfg.init_from and not (run / "backup").exists():  # a resumed run restores its own weights
+        load_initial_weights(model, cfg.init_from)
     model.compile(optimizer=make_optimizer(opt_name, base_lr, cfg.weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"])
@@ -239,6 +282,9 @@ def add_cli(sub) -> None:
     p.add_argument("--erasing", type=float, default=0.0, help="random-erasing strength (0: off)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--per-class", type=int, default=None, help="cap faces per class and split (quick runs)")
+    p.add_argument("--init-from", default=None,
+                   help="start from trained weights (fine-tuning, or a warm restart of the schedule): a run "
+                        "directory, a .weights.h5 checkpoint or an exported model directory")
     p.set_defaults(func=_cmd_train)
 
 
@@ -247,6 +293,6 @@ def _cmd_train(a) -> int:
     cfg = TrainConfig(model=a.model, data=a.data, run_dir=a.run_dir, epochs=a.epochs, batch_size=a.batch_size,
                       optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
                       warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, augment=aug,
-                      seed=a.seed, per_class=a.per_class)
+                      seed=a.seed, per_class=a.per_class, init_from=a.init_from)
     train(cfg)
     return 0

@@ -136,3 +136,32 @@ def test_cli_predict(tiny_model_dir, sample_data, tmp_path):
     hit = by_image[str(face)]
     assert hit["box_xywh"] == [0, 0, 48, 48] and hit["label"] in EMOTIONS
     assert list(hit["probs"]) == list(EMOTIONS) and sum(hit["probs"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_export_ensemble_averages_the_members_in_every_form(tiny_run_dir, sample_csv, sample_data, tmp_path):
+    """Two runs exported together: every form is the mean of the members' outputs (each with flip TTA)."""
+    from shared.model import FacialExpressionModel
+    from training.evaluate import keras_predict, with_flip_tta
+    from training.export import export_model, load_run
+    from training.train import TrainConfig, train
+
+    other = tmp_path / "other"
+    train(TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(other), epochs=2, batch_size=32,
+                      lr=1e-2, schedule="constant", warmup_epochs=0, augment=None, per_class=30, seed=7), verbose=0)
+    card = export_model([tiny_run_dir, other], tmp_path / "ens", data=sample_csv, flip_tta=True, max_int8_drop=None)
+    assert card["ensemble_members"] == 2 and card["architecture"] == "tiny_cnn"
+    assert [r["run_dir"] for r in card["training"]["ensemble"]] == [str(tiny_run_dir), str(other)]
+    assert len(card["members_alone"]["PublicTest"]) == 2
+    faces = sample_data.split("PublicTest").faces[:32]
+    expected = np.mean([with_flip_tta(keras_predict(load_run(r)[0]))(faces) for r in (tiny_run_dir, other)], axis=0)
+    for kw in ({"backend": "keras"}, {"precision": "float32"}):
+        got = FacialExpressionModel(tmp_path / "ens", **kw).predict_proba(faces)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    int8 = FacialExpressionModel(tmp_path / "ens").predict_proba(faces)
+    assert np.abs(int8 - expected).max() < 0.1
+
+
+def test_cli_export_ensemble_refuses_one_weights_path_for_several_runs(tiny_run_dir, tmp_path):
+    r = ferlive("export", "--run-dir", str(tiny_run_dir), str(tiny_run_dir), "--weights", "x.weights.h5",
+                "--out", str(tmp_path / "m"))
+    assert r.returncode == 2 and "--weights PATH takes one --run-dir" in r.stderr

@@ -53,13 +53,28 @@ def load_run(run_dir: str | Path, weights: str = "best"):
     return model, cfg
 
 
-def flip_tta_model(model):
-    """The model wrapped to average its prediction over the face and its mirror image (serialisable)."""
+def averaged_model(models: list, flip_tta: bool = False):
+    """One serialisable network that averages the softmax of every member and, with flip_tta, of each
+    member on the mirrored face too: a snapshot ensemble and/or flip TTA baked into a single graph.
+    One member without flip_tta is returned as it is."""
     import keras
 
-    face = keras.Input(shape=model.input_shape[1:], name="face")
-    both = [model(face), model(keras.ops.flip(face, axis=2))]
-    return keras.Model(face, keras.layers.Average(name="probs_flip_tta")(both), name=f"{model.name}_flip_tta")
+    if len(models) == 1 and not flip_tta:
+        return models[0]
+    if len({m.name for m in models}) < len(models):  # nested models are layers: their names must differ
+        for i, m in enumerate(models, start=1):
+            m.name = f"{m.name}_{i}"
+    face = keras.Input(shape=models[0].input_shape[1:], name="face")
+    views = [face, keras.ops.flip(face, axis=2)] if flip_tta else [face]
+    outs = [m(v) for m in models for v in views]
+    name = "_".join(dict.fromkeys(m.name for m in models)) if len(models) == 1 else f"ensemble{len(models)}"
+    layer = "probs_flip_tta" if len(models) == 1 else "probs_avg"
+    return keras.Model(face, keras.layers.Average(name=layer)(outs), name=f"{name}{'_flip_tta' * flip_tta}")
+
+
+def flip_tta_model(model):
+    """The model wrapped to average its prediction over the face and its mirror image (serialisable)."""
+    return averaged_model([model], flip_tta=True)
 
 
 def convert_tflite(model, representative: np.ndarray) -> tuple[bytes, bytes]:
@@ -98,15 +113,16 @@ def _quant_params(tflite_path: Path) -> dict:
 def write_model_dir(model, out_dir: str | Path, representative: np.ndarray, name: str | None = None,
                     flip_tta: bool = False, extra: dict | None = None) -> dict:
     """Write model.json, model.weights.h5, both TFLite forms and a card (no metrics yet); returns the card.
-    With flip_tta the model is wrapped so every form averages over the face and its mirror."""
+    `model` is one network or a list of them (a snapshot ensemble: every form averages their outputs);
+    with flip_tta every form also averages over the face and its mirror."""
     import keras
     import tensorflow as tf
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    arch = model.name
-    if flip_tta:
-        model = flip_tta_model(model)
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    arch = "+".join(dict.fromkeys(m.name for m in members))
+    model = averaged_model(members, flip_tta)
     (out / MODEL_JSON).write_text(model.to_json())
     model.save_weights(str(out / WEIGHTS))
     float_bytes, int8_bytes = convert_tflite(model, representative)
@@ -124,6 +140,7 @@ def write_model_dir(model, out_dir: str | Path, representative: np.ndarray, name
                   "preprocess": PREPROCESS},
         "output": "softmax probabilities (N,7) in the order of `labels` (FER2013 codes)",
         "flip_tta": flip_tta,
+        "ensemble_members": len(members),
         "files": {"card": CARD, "keras_json": MODEL_JSON, "keras_weights": WEIGHTS, **TFLITE_FILES},
         "parameters": int(model.count_params()),
         "quantization": {"int8": {**quant, "scheme": "full-integer post-training quantisation",
@@ -153,26 +170,42 @@ def check_int8_gate(float_acc: float, int8_acc: float, max_drop: float = MAX_INT
             "max_drop_points": 100 * max_drop, "passed": True}
 
 
+def _training_record(run: Path, weights: str, cfg: dict) -> dict:
+    record = {"run_dir": str(run), "weights": weights if weights != "best" else "best.weights.h5",
+              "command": cfg.get("command"), "timing": _read_json(run / "timing.json"),
+              "config": {k: v for k, v in cfg.items() if k != "command"}}
+    if record["timing"] is None:
+        log.warning("%s has no timing.json; the card will carry no training time", run)
+    return record
+
+
 def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None = None, weights: str = "best",
                  flip_tta: bool = False, calibration_faces: int = 500, seed: int = 0,
                  max_int8_drop: float | None = MAX_INT8_DROP, name: str | None = None) -> dict:
-    """Export a Keras model or a training run directory to out_dir and measure every form on PublicTest
-    and PrivateTest. Raises ExportError when float32 TFLite disagrees with Keras or int8 loses more
-    than max_int8_drop PublicTest accuracy (None: skip that gate). Returns the card."""
+    """Export a Keras model, a training run directory or a list of run directories (a snapshot ensemble
+    whose every form averages the members) to out_dir and measure every form on PublicTest and
+    PrivateTest. Raises ExportError when float32 TFLite disagrees with Keras or int8 loses more than
+    max_int8_drop PublicTest accuracy (None: skip that gate). Returns the card."""
     from training.data import load_fer2013
 
     training = None
-    if isinstance(model_or_run_dir, (str, Path)):
-        run = Path(model_or_run_dir)
-        model, cfg = load_run(run, weights)
-        data = data if data is not None else cfg.get("data")
-        training = {"run_dir": str(run), "weights": weights if weights != "best" else "best.weights.h5",
-                    "command": cfg.get("command"), "timing": _read_json(run / "timing.json"),
-                    "config": {k: v for k, v in cfg.items() if k != "command"}}
-        if training["timing"] is None:
-            log.warning("%s has no timing.json; the card will carry no training time", run)
+    sources = model_or_run_dir if isinstance(model_or_run_dir, (list, tuple)) else [model_or_run_dir]
+    if all(isinstance(s, (str, Path)) for s in sources):
+        models, records = [], []
+        for run in map(Path, sources):
+            m, cfg = load_run(run, weights)
+            models.append(m)
+            records.append(_training_record(run, weights, cfg))
+            data = data if data is not None else cfg.get("data")
+        training = records[0] if len(records) == 1 else {"ensemble": records, "timing": {
+            "seconds": sum((r["timing"] or {}).get("seconds", 0.0) for r in records),
+            "sessions": sum((r["timing"] or {}).get("sessions", 0) for r in records)}}
+        model = models[0] if len(models) == 1 else models
+    elif len(sources) == 1:
+        model = sources[0]
     else:
-        model = model_or_run_dir
+        raise TypeError("export_model takes one Keras model, a run directory or a list of run directories")
+    members = model if isinstance(model, list) else [model]
     fer = load_fer2013(data)
     train_split = fer.split("Training")
     public, private = fer.split("PublicTest"), fer.split("PrivateTest")
@@ -181,9 +214,13 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
     out = Path(out_dir)
     extra = {"training": training,
              "calibration": {"split": "Training", "count": int(len(calib)), "seed": seed}}
-    if flip_tta:  # what the network scores without the baked-in flip, to judge whether TTA pays
-        extra["without_flip_tta"] = {n: evaluate(keras_predict(model), s.faces, s.labels)["accuracy"]
-                                     for n, s in (("PublicTest", public), ("PrivateTest", private))}
+    if flip_tta or len(members) > 1:  # what each network scores alone, to judge whether TTA / ensembling pays
+        alone = {n: [evaluate(keras_predict(m), s.faces, s.labels)["accuracy"] for m in members]
+                 for n, s in (("PublicTest", public), ("PrivateTest", private))}
+        if len(members) == 1:
+            extra["without_flip_tta"] = {n: accs[0] for n, accs in alone.items()}
+        else:
+            extra["members_alone"] = alone
     card = write_model_dir(model, out, calib, name=name, flip_tta=flip_tta, extra=extra)
 
     forms = {"keras": FacialExpressionModel(out, backend="keras"),
@@ -236,7 +273,9 @@ def add_cli(sub) -> None:
                                    "model.json, model.weights.h5, model_float32.tflite, model_int8.tflite and "
                                    "card.json (metrics of every form). Fails if int8 loses more than "
                                    "--max-int8-drop PublicTest points.")
-    p.add_argument("--run-dir", required=True, help="training run directory (config.json, best.weights.h5)")
+    p.add_argument("--run-dir", required=True, nargs="+",
+                   help="training run directory (config.json, best.weights.h5); several: a snapshot ensemble "
+                        "whose every form averages their outputs")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--data", default=None, help="FER2013 CSV, folder or zip (default: the run's data)")
     p.add_argument("--weights", default="best", help="best (best.weights.h5) or a .weights.h5 path")
@@ -249,8 +288,11 @@ def add_cli(sub) -> None:
 
 
 def _cmd_export(a) -> int:
+    if len(a.run_dir) > 1 and a.weights != "best":
+        log.error("--weights PATH takes one --run-dir; an ensemble uses each run's best checkpoint")
+        return 2
     try:
-        card = export_model(a.run_dir, a.out, data=a.data, weights=a.weights, flip_tta=a.flip_tta,
+        card = export_model(a.run_dir if len(a.run_dir) > 1 else a.run_dir[0], a.out, data=a.data, weights=a.weights, flip_tta=a.flip_tta,
                             calibration_faces=a.calibration_faces, max_int8_drop=a.max_int8_drop / 100,
                             name=a.name)
     except ExportError as e:

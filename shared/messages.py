@@ -30,6 +30,10 @@ from shared.preprocess import FACE_SIZE
 SCHEMA_VERSION: int = 1
 KINDS: tuple[str, ...] = ("frame", "faces", "predictions", "annotated", "heartbeat")
 
+BROWSER_PREFIX = "browser-"
+"""Source ids of browsers' own cameras (the web stage names them). Their results go back to that browser
+only, which draws them over its live video: their frames are never streamed, so nobody draws on them."""
+
 Stamp = tuple[str, float, float]
 """(stage name, time the stage received the frame, time it sent its result), both ``time.time()``."""
 

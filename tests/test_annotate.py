@@ -163,3 +163,20 @@ def test_idle_sources_are_forgotten():
     st._last_seen["demo"] = 100.0 + annotate_stage.SOURCE_IDLE_S
     st.forget_idle_sources(100.0 + annotate_stage.SOURCE_IDLE_S + 1)
     assert "browser-a" not in st.trackers and "demo" in st.trackers
+
+
+def test_stage_leaves_browser_frames_undrawn_but_tracks_them():
+    """A browser camera's frame goes back to that page only, which draws the results itself: annotate
+    passes its JPEG through untouched (no decode, draw, encode) yet still tracks and smooths its faces."""
+    from shared.messages import BROWSER_PREFIX
+
+    img = np.full((480, 640, 3), 128, np.uint8)
+    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    stage = AnnotateStage(Config(ema_alpha=1.0))
+    camera = stage.push(encode(preds(0, jpeg=jpeg, probs=onehot(3))), 0.0)[0]
+    msg = preds(1, seq=0, jpeg=jpeg, probs=onehot(3))
+    msg.frame.source_id = BROWSER_PREFIX + "abc"
+    browser = stage.push(encode(msg), 0.0)[0]
+    assert camera.frame.jpeg != jpeg                  # drawn on
+    assert browser.frame.jpeg == jpeg                 # passed through
+    assert browser.results[0].emotion == "happy" and browser.results[0].track_id == 0

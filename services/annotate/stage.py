@@ -12,7 +12,7 @@ import zmq
 
 from shared import bus
 from shared.config import Config
-from shared.messages import Annotated, Frame, MessageError, Predictions, decode, encode
+from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, decode, encode
 from services.annotate.draw import annotate
 from services.annotate.sink import Reorderer, Tracker, face_results
 
@@ -58,7 +58,7 @@ class AnnotateStage:
             self.cfg.ema_alpha, self.cfg.iou_threshold, self.cfg.track_max_age))
         results = face_results(preds, tracker)
         jpeg = frame.jpeg
-        if self.cfg.draw:
+        if self.cfg.draw and not frame.source_id.startswith(BROWSER_PREFIX):  # browsers draw their own
             img = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
             if img is not None:
                 ok, buf = cv2.imencode(".jpg", annotate(img, results),

@@ -27,11 +27,10 @@ import zmq
 
 from shared import bus
 from shared.config import Config
-from shared.messages import Annotated, Frame, Heartbeat, MessageError, decode, encode, latencies
+from shared.messages import BROWSER_PREFIX, Annotated, Frame, Heartbeat, MessageError, decode, encode, latencies  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-BROWSER_PREFIX = "browser-"
 STAGES: tuple[str, ...] = ("capture", "detect", "classify", "annotate")
 
 

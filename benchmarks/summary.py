@@ -1,0 +1,124 @@
+"""The README's performance tables, printed as Markdown from the JSON that the benchmarks wrote.
+
+    python benchmarks/summary.py                    # reads benchmarks/results/*.json
+    python benchmarks/summary.py --results other/
+
+Each table names the benchmark command that produced it; nothing here measures anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(results: Path, name: str) -> dict | list | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def pipeline(d: dict) -> list[str]:
+    out = [f"`python benchmarks/pipeline.py` ({d['cpus']} CPUs, load {d['load']:.1f} at start); "
+           "latency is capture → web, ms, from the stamps in the messages:", "",
+           _row(["step", "frames/s", "p50", "p95", "p99", "detect p50", "classify p50", "bus hops p50"]),
+           _row(["---"] * 8)]
+    for s in d["steps"]:
+        lat = s["latency_ms"]
+        end = lat.get("to_web", lat["total"])
+        hops = [v["p50"] for k, v in lat.items() if "->" in k]
+        out.append(_row([s["name"], s["fps"], end["p50"], end["p95"], end["p99"], lat["detect"]["p50"],
+                         lat["classify"]["p50"], " / ".join(f"{h:.2f}" for h in hops) if hops else "(none)"]))
+    return out
+
+
+def web(d: list) -> list[str]:
+    out = ["`python benchmarks/web_roundtrip.py` (headless Chromium on the same machine; frame grabbed → "
+           "results drawn, ms):", "",
+           _row(["clients", "frame width", "round trips", "p50", "p95", "frames/s per client (mean / min)",
+                 "lost", "errors"]), _row(["---"] * 8)]
+    for r in d:
+        out.append(_row([r["clients"], r["width"], r["frames"], r["rtt_p50_ms"], r["rtt_p95_ms"],
+                         f"{r['fps_per_client_mean']} / {r['fps_per_client_min']}", r["lost"], r["errors"]]))
+    return out
+
+
+def inference(d: dict) -> list[str]:
+    out = [f"`python benchmarks/inference.py` ({d['machine']['cpu']}, {d['machine']['nproc']} CPUs; one thread; "
+           "ms per face, median [min–max]):", "",
+           _row(["model", "parameters", "float32 b1", "float32 b16", "int8 b1", "int8 b16", "int8 file"]),
+           _row(["---"] * 7)]
+    by_model: dict[str, dict] = {}
+    for r in d["results"]:
+        by_model.setdefault(r["model"], {})[(r["precision"], r["batch"])] = r
+    for model, rs in by_model.items():
+        cell = lambda k: (f"{rs[k]['per_face_ms_median']:.2f} [{rs[k]['per_face_ms_min']:.2f}–"
+                          f"{rs[k]['per_face_ms_max']:.2f}]" if k in rs else "")
+        any_r = next(iter(rs.values()))
+        i8 = rs.get(("int8", 1)) or rs.get(("int8", 16))
+        out.append(_row([model, f"{any_r['parameters']:,}", cell(("float32", 1)), cell(("float32", 16)),
+                         cell(("int8", 1)), cell(("int8", 16)), f"{i8['file_kb']:.0f} KB" if i8 else ""]))
+    return out
+
+
+def training(d: dict) -> list[str]:
+    out = [f"`python benchmarks/train_throughput.py` (Keras on TensorFlow, {d['machine']['nproc']} CPUs, batch 64, "
+           "augmentation on; images/s, median [min–max]):", "",
+           _row(["model", "parameters", "images/s", "× seed_cnn"]), _row(["---"] * 4)]
+    base = next((r["images_per_s_median"] for r in d["results"] if r["model"] == "seed_cnn"), None)
+    for r in d["results"]:
+        ratio = f"{r['images_per_s_median'] / base:.1f}" if base else ""
+        out.append(_row([r["model"], f"{r['parameters']:,}", f"{r['images_per_s_median']:.0f} "
+                         f"[{r['images_per_s_min']:.0f}–{r['images_per_s_max']:.0f}]", ratio]))
+    return out
+
+
+def detector(d: dict) -> list[str]:
+    out = [f"`python benchmarks/detector.py` (FER2013 faces of {d['face_px'][0]}–{d['face_px'][1]} px placed "
+           f"into {d['frame'][0]}x{d['frame'][1]} frames at known boxes):", "",
+           _row(["detector", "split", "recall (IoU ≥ 0.5)", "false boxes / frame", "ms / frame (median)",
+                 "model on original crops", "model on pipeline crops (same faces)"]), _row(["---"] * 7)]
+    for kind, splits in d.get("accuracy", {}).items():
+        for split in ("PublicTest", "PrivateTest"):
+            s = splits.get(split)
+            if not isinstance(s, dict) or "detection" not in s:
+                continue
+            det = s["detection"]
+            chosen = splits.get("chosen_framing")
+            sweep = [r for r in s.get("framing_sweep", [])
+                     if chosen and abs(r["margin"] - round(chosen[0], 4)) < 1e-3
+                     and abs(r["shift_y"] - round(chosen[1], 4)) < 1e-3]
+            pipe = (f"{100 * sweep[0]['pipeline_accuracy']:.1f}% (original {100 * sweep[0]['original_accuracy_same_faces']:.1f}%)"
+                    if sweep else "")
+            out.append(_row([kind, split, f"{det['recall_iou50']:.3f}", f"{det['false_per_frame']:.3f}",
+                             f"{det['ms_median']:.1f}", f"{100 * s['original_accuracy_all']:.1f}%", pipe]))
+    return out
+
+
+SECTIONS = {"pipeline": pipeline, "web_roundtrip": web, "inference": inference, "train_throughput": training,
+            "detector": detector}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args(argv)
+    results = Path(a.results)
+    for name, fn in SECTIONS.items():
+        d = _load(results, name)
+        if d is None:
+            print(f"<!-- {name}: no {results / (name + '.json')} -->\n")
+            continue
+        print(f"### {name}\n")
+        print("\n".join(fn(d)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,5 @@
 """``python -m services.web [--host 127.0.0.1] [--port 8000] [--cert CERT --key KEY] [pipeline flags]``
+(host and port also from FERLIVE_HOST / FERLIVE_PORT, so ``FERLIVE_PORT=8080 honcho start`` moves the page)
 
 Serves the app with Werkzeug's threaded server (never in debug mode). Binds 127.0.0.1 unless told
 otherwise; with --cert/--key it serves HTTPS (browsers give the camera only to https:// or localhost).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -25,9 +27,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m services.web", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this "
-                        "machine only; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--host", default=os.environ.get("FERLIVE_HOST", "127.0.0.1"),
+                        help="interface to bind (env FERLIVE_HOST; default 127.0.0.1: this machine only; 0.0.0.0 "
+                             "for every interface)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("FERLIVE_PORT", "8000")),
+                        help="port (env FERLIVE_PORT; default 8000)")
     parser.add_argument("--cert", help="TLS certificate (PEM) to serve HTTPS; needs --key")
     parser.add_argument("--key", help="TLS private key (PEM) for --cert")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body in MB (413 beyond)")

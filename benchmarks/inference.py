@@ -53,6 +53,9 @@ def bench_model_dir(model_dir: Path, label: str, batches: list[int], repeats: in
     rng = np.random.default_rng(0)
     rows = []
     for precision in ("float32", "int8"):
+        if not (model_dir / TFLITE_FILES[precision]).is_file():  # e.g. exported with --no-float32-file
+            print(f"{label}: no {TFLITE_FILES[precision]}, {precision} skipped")
+            continue
         model = FacialExpressionModel(model_dir, precision=precision, num_threads=threads)
         for batch in batches:
             faces = rng.integers(0, 256, (batch, 48, 48), dtype=np.uint8)

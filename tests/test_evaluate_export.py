@@ -165,3 +165,21 @@ def test_cli_export_ensemble_refuses_one_weights_path_for_several_runs(tiny_run_
     r = ferlive("export", "--run-dir", str(tiny_run_dir), str(tiny_run_dir), "--weights", "x.weights.h5",
                 "--out", str(tmp_path / "m"))
     assert r.returncode == 2 and "--weights PATH takes one --run-dir" in r.stderr
+
+
+def test_export_without_the_float32_file_keeps_its_metrics(tiny_run_dir, sample_csv, sample_data, tmp_path):
+    """--no-float32-file: the float32 TFLite is measured, then deleted; the rest of the directory works
+    and asking for the missing form names the missing file."""
+    from shared.model import FacialExpressionModel
+    from training.export import export_model
+
+    out = tmp_path / "slim"
+    card = export_model(tiny_run_dir, out, data=sample_csv, max_int8_drop=None, keep_float32_file=False)
+    assert not (out / "model_float32.tflite").exists() and "float32" not in card["files"]
+    assert json.loads((out / "card.json").read_text())["metrics"]["PublicTest"]["float32"]["accuracy"] > 0
+    for name in card["files"].values():
+        assert (out / name).is_file(), name
+    faces = sample_data.split("PublicTest").faces[:8]
+    assert FacialExpressionModel(out).predict_proba(faces).shape == (8, 7)
+    with pytest.raises(FileNotFoundError, match="model_float32.tflite is missing"):
+        FacialExpressionModel(out, precision="float32").predict_proba(faces)

@@ -146,6 +146,8 @@ def test_resume_after_kill(sample_csv, tmp_path):
             proc.kill()
         log1.close()
     assert proc.returncode == -signal.SIGKILL
+    killed_timing = json.loads((run / "timing.json").read_text())  # the killed session's epochs count
+    assert killed_timing["sessions"] == 1 and killed_timing["epochs_done"] >= 2 and killed_timing["seconds"] > 0
     before = _epochs(run / HISTORY)
     assert before == list(range(len(before))) and 2 <= len(before) < epochs, before
     assert not (run / LAST_MODEL).exists()
@@ -161,7 +163,8 @@ def test_resume_after_kill(sample_csv, tmp_path):
     assert f"Epoch 1/{epochs}" not in second.stdout + second.stderr
     assert (run / LAST_MODEL).exists()
     timing = json.loads((run / "timing.json").read_text())
-    assert timing["sessions"] == 1
+    assert timing["sessions"] == 2 and timing["epochs_done"] == epochs
+    assert timing["seconds"] > killed_timing["seconds"]
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"] == "tiny_cnn" and saved["batch_size"] == 16
 
@@ -200,6 +203,34 @@ def test_init_from_refuses_another_architecture_or_a_stray_path(tiny_run_dir, tm
         load_initial_weights(create_model("mini_xception"), tiny_run_dir)
     with pytest.raises(FileNotFoundError, match="--init-from"):
         load_initial_weights(create_model("tiny_cnn"), tmp_path)
+
+
+def test_init_source_and_its_training_time_reach_the_card(tmp_path):
+    """A fine-tuned run records where its weights came from and how that was trained; its export adds
+    the chain's time, even after the source directory is gone."""
+    from training.export import _training_record
+    from training.train import record_init_source
+
+    donor = tmp_path / "exported"
+    donor.mkdir()
+    (donor / "card.json").write_text(json.dumps({"name": "xception_wide", "training": {
+        "command": "ferlive train --epochs 25", "timing": {"seconds": 100.0, "sessions": 1}}}))
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    info = record_init_source(tuned, donor)
+    assert info["training"]["command"] == "ferlive train --epochs 25" and info["card_name"] == "xception_wide"
+    (tuned / "timing.json").write_text(json.dumps({"seconds": 10.0, "sessions": 1}))
+    (donor / "card.json").unlink()
+    record = _training_record(tuned, "best", {"command": "ferlive train --init-from exported", "model": "x"})
+    assert record["init_from"]["source"] == str(donor)
+    assert record["timing"]["seconds"] == 10.0 and record["timing"]["seconds_with_init_chain"] == 110.0
+
+    again = tmp_path / "again"  # a run initialised from that run directory chains both
+    again.mkdir()
+    (tuned / "config.json").write_text(json.dumps({"command": "ferlive train --init-from exported"}))
+    record_init_source(again, tuned)
+    (again / "timing.json").write_text(json.dumps({"seconds": 1.0, "sessions": 1}))
+    assert _training_record(again, "best", {})["timing"]["seconds_with_init_chain"] == 11.0
 
 
 @pytest.mark.slow

@@ -170,10 +170,26 @@ def check_int8_gate(float_acc: float, int8_acc: float, max_drop: float = MAX_INT
             "max_drop_points": 100 * max_drop, "passed": True}
 
 
+def _chain_seconds(record: dict | None) -> float:
+    """Training seconds of a run plus those of every run its initial weights came from."""
+    if not record:
+        return 0.0
+    own = (record.get("timing") or {}).get("seconds", 0.0)
+    init = (record.get("init_from") or {}).get("training")
+    if init and "ensemble" in init:
+        return own + sum(_chain_seconds(r) for r in init["ensemble"])
+    return own + _chain_seconds(init)
+
+
 def _training_record(run: Path, weights: str, cfg: dict) -> dict:
     record = {"run_dir": str(run), "weights": weights if weights != "best" else "best.weights.h5",
               "command": cfg.get("command"), "timing": _read_json(run / "timing.json"),
               "config": {k: v for k, v in cfg.items() if k != "command"}}
+    init = _read_json(run / "init_from.json")
+    if init is not None:  # the run started from another model's weights: carry how that was trained
+        record["init_from"] = init
+        if record["timing"] is not None:
+            record["timing"]["seconds_with_init_chain"] = _chain_seconds(record)
     if record["timing"] is None:
         log.warning("%s has no timing.json; the card will carry no training time", run)
     return record
@@ -181,11 +197,13 @@ def _training_record(run: Path, weights: str, cfg: dict) -> dict:
 
 def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None = None, weights: str = "best",
                  flip_tta: bool = False, calibration_faces: int = 500, seed: int = 0,
-                 max_int8_drop: float | None = MAX_INT8_DROP, name: str | None = None) -> dict:
+                 max_int8_drop: float | None = MAX_INT8_DROP, name: str | None = None,
+                 keep_float32_file: bool = True) -> dict:
     """Export a Keras model, a training run directory or a list of run directories (a snapshot ensemble
     whose every form averages the members) to out_dir and measure every form on PublicTest and
     PrivateTest. Raises ExportError when float32 TFLite disagrees with Keras or int8 loses more than
-    max_int8_drop PublicTest accuracy (None: skip that gate). Returns the card."""
+    max_int8_drop PublicTest accuracy (None: skip that gate). keep_float32_file=False deletes the float32
+    TFLite once it has been measured and checked (a smaller directory to ship). Returns the card."""
     from training.data import load_fer2013
 
     training = None
@@ -200,6 +218,8 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
         training = records[0] if len(records) == 1 else {"ensemble": records, "timing": {
             "seconds": sum((r["timing"] or {}).get("seconds", 0.0) for r in records),
             "sessions": sum((r["timing"] or {}).get("sessions", 0) for r in records)}}
+        if any("init_from" in r for r in records):
+            training["timing"]["seconds_with_init_chain"] = sum(_chain_seconds(r) for r in records)
         model = models[0] if len(models) == 1 else models
     elif len(sources) == 1:
         model = sources[0]
@@ -264,6 +284,10 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
             raise
         finally:
             (out / CARD).write_text(json.dumps(card, indent=2))
+    if not keep_float32_file:
+        (out / card["files"].pop("float32")).unlink()
+        card["left_out"] = {"float32": "measured and checked at export, then deleted to keep the directory small"}
+        (out / CARD).write_text(json.dumps(card, indent=2))
     return card
 
 
@@ -284,6 +308,8 @@ def add_cli(sub) -> None:
     p.add_argument("--max-int8-drop", type=float, default=100 * MAX_INT8_DROP,
                    help="largest allowed int8 PublicTest accuracy loss, in points")
     p.add_argument("--name", default=None, help="model name for the card (default: the architecture)")
+    p.add_argument("--no-float32-file", action="store_true",
+                   help="delete model_float32.tflite after measuring it (the card keeps its metrics)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -294,7 +320,7 @@ def _cmd_export(a) -> int:
     try:
         card = export_model(a.run_dir if len(a.run_dir) > 1 else a.run_dir[0], a.out, data=a.data, weights=a.weights, flip_tta=a.flip_tta,
                             calibration_faces=a.calibration_faces, max_int8_drop=a.max_int8_drop / 100,
-                            name=a.name)
+                            name=a.name, keep_float32_file=not a.no_float32_file)
     except ExportError as e:
         log.error("export failed: %s", e)
         return 1

@@ -27,6 +27,8 @@ LAST_MODEL = "last.keras"
 HISTORY = "history.csv"
 CONFIG = "config.json"
 CURVES = "curves.png"
+TIMING = "timing.json"
+INIT_SOURCE = "init_from.json"
 
 
 @dataclass
@@ -117,6 +119,31 @@ def load_initial_weights(model, source: str | Path) -> int:
     return copied
 
 
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def record_init_source(run: Path, source: str | Path) -> dict:
+    """Write run/init_from.json: where the initial weights came from and, when the source is a run or
+    an exported model, how that was trained (its command and time), so an export of this run can state
+    the whole chain even after the source is overwritten."""
+    src = Path(source)
+    info: dict = {"source": str(source)}
+    if (src / CONFIG).is_file():
+        cfg = json.loads((src / CONFIG).read_text())
+        timing = src / TIMING
+        info["training"] = {"run_dir": str(src), "command": cfg.get("command"),
+                            "timing": json.loads(timing.read_text()) if timing.is_file() else None}
+    elif (src / "card.json").is_file():
+        card = json.loads((src / "card.json").read_text())
+        info["training"] = card.get("training")
+        info["card_name"] = card.get("name")
+    _write_json_atomic(run / INIT_SOURCE, info)
+    return info
+
+
 def lr_at(epoch: int, cfg: TrainConfig, base_lr: float) -> float:
     """Per-epoch learning rate: linear warm-up, then cosine to 1% (or constant)."""
     if epoch < cfg.warmup_epochs:
@@ -169,6 +196,27 @@ def plot_history(csv_path: Path, png_path: Path, title: str = "") -> "object | N
 def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
     import keras
 
+    class EpochTimer(keras.callbacks.Callback):
+        """Add this session's training time to timing.json after every epoch, so a killed session's
+        finished epochs still count in the run's total."""
+
+        def __init__(self, path: Path):
+            super().__init__()
+            self.path = path
+            self.prev = {"seconds": 0.0, "sessions": 0}
+            self.t0 = 0.0
+
+        def on_train_begin(self, logs=None):
+            if self.path.exists():
+                self.prev = json.loads(self.path.read_text())
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            _write_json_atomic(self.path, {
+                "seconds": self.prev.get("seconds", 0.0) + time.time() - self.t0,
+                "sessions": self.prev.get("sessions", 0) + 1, "epochs_done": epoch + 1,
+                "host": os.uname().nodename, "cpus": os.cpu_count()})
+
     class LivePlot(keras.callbacks.Callback):
         """Redraw curves.png every epoch; in Jupyter, update one displayed figure in place."""
 
@@ -195,6 +243,7 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
         keras.callbacks.ModelCheckpoint(str(run / BEST_WEIGHTS), monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_so_far, verbose=1),
+        EpochTimer(run / TIMING),  # before the history row, so a finished row always has its time counted
         keras.callbacks.CSVLogger(str(hist), append=True),
     ]
     if cfg.schedule == "plateau":
@@ -245,21 +294,16 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     model = create_model(cfg.model, augment=build_augmentation(cfg.augment, cfg.seed))
     if cfg.init_from and not (run / "backup").exists():  # a resumed run restores its own weights
         load_initial_weights(model, cfg.init_from)
+        record_init_source(run, cfg.init_from)
     model.compile(optimizer=make_optimizer(opt_name, base_lr, cfg.weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"])
     if verbose is None:
         verbose = 1 if (sys.stdout.isatty() or "ipykernel" in sys.modules) else 2
-    t0 = time.time()
     history = model.fit(x_tr, y_tr, batch_size=cfg.batch_size, epochs=cfg.epochs,
                         validation_data=(x_va, y_va), shuffle=True, verbose=verbose,
                         callbacks=_callbacks(cfg, run, base_lr))
-    elapsed = time.time() - t0
     model.save(run / LAST_MODEL)
-    timing = run / "timing.json"
-    prev = json.loads(timing.read_text()) if timing.exists() else {"seconds": 0.0, "sessions": 0}
-    timing.write_text(json.dumps({"seconds": prev["seconds"] + elapsed, "sessions": prev["sessions"] + 1,
-                                  "host": os.uname().nodename, "cpus": os.cpu_count()}, indent=2))
     return history
 
 

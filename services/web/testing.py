@@ -110,20 +110,36 @@ class WebServer:
 
 # ------------------------------------------------------------------------------- synthetic frames
 def place_faces(faces_gray: Sequence[np.ndarray], positions: Sequence[tuple[int, int]], side: int = 170,
-                size: tuple[int, int] = (640, 480)) -> tuple[np.ndarray, np.ndarray]:
+                size: tuple[int, int] = (640, 480), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """FER2013 faces (48x48 gray) as `side`-px squares with top-left corners at `positions` in a BGR frame
-    of `size` (w, h), via shared.synthetic. Returns (frame_bgr, boxes_xywh int32 (N,4))."""
+    of `size` (w, h), via shared.synthetic, on a background drawn from `seed` (the same frame every run:
+    whether Haar finds a face can hinge on the background's shade). Returns (frame_bgr, boxes_xywh (N,4))."""
     from shared import synthetic
     boxes = np.asarray([(x, y, side, side) for x, y in positions], np.int32).reshape(-1, 4)
-    return synthetic.place_faces(list(faces_gray), size, boxes_xywh=boxes, background="plain")
+    return synthetic.place_faces(list(faces_gray), size, boxes_xywh=boxes, background="plain",
+                                 rng=np.random.default_rng(seed))
 
 
-def detectable_faces(sample_faces: np.ndarray, detector: Any, count: int = 4, side: int = 170) -> list[np.ndarray]:
-    """The first `count` faces of a FER2013 sample that `detector` finds, alone and centred in a frame."""
+def detectable_faces(sample_faces: np.ndarray, detector: Any, count: int = 4, side: int = 170,
+                     positions: Sequence[tuple[int, int]] = ((235, 155), (200, 100)),
+                     scales: Sequence[float] = (1.0, 2.0)) -> list[np.ndarray]:
+    """The first `count` faces of a FER2013 sample that `detector` finds alone in a frame at every one of
+    `positions` and, through a JPEG round trip, with the frame resized by every one of `scales` (Haar's
+    answer for a borderline face can flip with a few pixels of shift or resampling)."""
     found = []
     for face in sample_faces:
-        frame, _ = place_faces([face], [(235, 155)], side)
-        if len(detector.detect(frame).boxes_xywh) == 1:
+        ok = True
+        for pos in positions:
+            frame, _ = place_faces([face], [pos], side)
+            for s in scales:
+                img = frame if s == 1.0 else cv2.imdecode(np.frombuffer(encode_jpeg(
+                    cv2.resize(frame, None, fx=s, fy=s), 70), np.uint8), cv2.IMREAD_COLOR)
+                if len(detector.detect(img).boxes_xywh) != 1:
+                    ok = False
+                    break
+            if not ok:
+                break
+        if ok:
             found.append(face)
             if len(found) == count:
                 return found

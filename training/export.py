@@ -55,7 +55,7 @@ def load_run(run_dir: str | Path, weights: str = "best"):
 
 def averaged_model(models: list, flip_tta: bool = False):
     """One serialisable network that averages the softmax of every member and, with flip_tta, of each
-    member on the mirrored face too: a snapshot ensemble and/or flip TTA baked into a single graph.
+    member on the mirrored face too: an ensemble and/or flip TTA baked into a single graph.
     One member without flip_tta is returned as it is."""
     import keras
 
@@ -113,7 +113,7 @@ def _quant_params(tflite_path: Path) -> dict:
 def write_model_dir(model, out_dir: str | Path, representative: np.ndarray, name: str | None = None,
                     flip_tta: bool = False, extra: dict | None = None) -> dict:
     """Write model.json, model.weights.h5, both TFLite forms and a card (no metrics yet); returns the card.
-    `model` is one network or a list of them (a snapshot ensemble: every form averages their outputs);
+    `model` is one network or a list of them (an ensemble: every form averages their outputs);
     with flip_tta every form also averages over the face and its mirror."""
     import keras
     import tensorflow as tf
@@ -199,7 +199,7 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
                  flip_tta: bool = False, calibration_faces: int = 500, seed: int = 0,
                  max_int8_drop: float | None = MAX_INT8_DROP, name: str | None = None,
                  keep_float32_file: bool = True) -> dict:
-    """Export a Keras model, a training run directory or a list of run directories (a snapshot ensemble
+    """Export a Keras model, a training run directory or a list of run directories (an ensemble
     whose every form averages the members) to out_dir and measure every form on PublicTest and
     PrivateTest. Raises ExportError when float32 TFLite disagrees with Keras or int8 loses more than
     max_int8_drop PublicTest accuracy (None: skip that gate). keep_float32_file=False deletes the float32
@@ -298,7 +298,7 @@ def add_cli(sub) -> None:
                                    "card.json (metrics of every form). Fails if int8 loses more than "
                                    "--max-int8-drop PublicTest points.")
     p.add_argument("--run-dir", required=True, nargs="+",
-                   help="training run directory (config.json, best.weights.h5); several: a snapshot ensemble "
+                   help="training run directory (config.json, best.weights.h5); several: an ensemble "
                         "whose every form averages their outputs")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--data", default=None, help="FER2013 CSV, folder or zip (default: the run's data)")

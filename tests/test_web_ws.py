@@ -51,8 +51,13 @@ class Conn:
 
     def __init__(self, server):
         self.ws = Client.connect(ws_url(server))
+        # simple-websocket's client handshake parses only the 101 response: a "ready" that arrived in the same
+        # read stays in wsproto's buffer until more bytes come (seen under load). A ping makes the server send
+        # again, which flushes it; "ready" is still first, the pong second.
+        self.ws.send(json.dumps({"type": "ping"}))
         self.ready = self.next()
         assert self.ready["type"] == "ready" and self.ready["source_id"].startswith("browser-")
+        assert self.next()["type"] == "pong"
 
     def next(self, timeout: float = 10.0) -> dict:
         data = self.ws.receive(timeout=timeout)

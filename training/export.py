@@ -182,10 +182,12 @@ def _chain_seconds(record: dict | None) -> float:
 
 
 def _training_record(run: Path, weights: str, cfg: dict) -> dict:
-    record = {"run_dir": str(run), "weights": weights if weights != "best" else "best.weights.h5",
-              "command": cfg.get("command"), "timing": _read_json(run / "timing.json"),
+    from training.train import BEST_WEIGHTS, INIT_SOURCE, TIMING
+
+    record = {"run_dir": str(run), "weights": weights if weights != "best" else BEST_WEIGHTS,
+              "command": cfg.get("command"), "timing": _read_json(run / TIMING),
               "config": {k: v for k, v in cfg.items() if k != "command"}}
-    init = _read_json(run / "init_from.json")
+    init = _read_json(run / INIT_SOURCE)
     if init is not None:  # the run started from another model's weights: carry how that was trained
         record["init_from"] = init
         if record["timing"] is not None:
@@ -318,7 +320,8 @@ def _cmd_export(a) -> int:
         log.error("--weights PATH takes one --run-dir; an ensemble uses each run's best checkpoint")
         return 2
     try:
-        card = export_model(a.run_dir if len(a.run_dir) > 1 else a.run_dir[0], a.out, data=a.data, weights=a.weights, flip_tta=a.flip_tta,
+        runs = a.run_dir if len(a.run_dir) > 1 else a.run_dir[0]
+        card = export_model(runs, a.out, data=a.data, weights=a.weights, flip_tta=a.flip_tta,
                             calibration_faces=a.calibration_faces, max_int8_drop=a.max_int8_drop / 100,
                             name=a.name, keep_float32_file=not a.no_float32_file)
     except ExportError as e:

@@ -119,7 +119,7 @@ MODELS: dict[str, ModelSpec] = {
     "seed_cnn": ModelSpec(seed_cnn, "adam", 5e-4, "reference 4-conv CNN (~4.5M params)"),
     "vgg_lite": ModelSpec(vgg_lite, "adamw", 2e-3, "compact VGG, ~1.1M params"),
     "mini_xception": ModelSpec(mini_xception, "adam", 1e-3, "separable-conv residual net, ~60k params"),
-    "xception_wide": ModelSpec(xception_wide, "adamw", 2e-3, "mini-Xception at twice the width, ~0.2M params (the shipped model)"),
+    "xception_wide": ModelSpec(xception_wide, "adamw", 2e-3, "mini-Xception at twice the width, ~0.2M params"),
     "tiny_cnn": ModelSpec(tiny_cnn, "adam", 3e-3, "tiny net for tests and demos"),
 }
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.labels import NUM_CLASSES
+from shared.model import CARD
 from shared.preprocess import to_model_input
 from training.augment import AugmentConfig, build_augmentation
 from training.data import FerData, load_fer2013
@@ -97,7 +98,7 @@ def load_initial_weights(model, source: str | Path) -> int:
             donor, saved = load_run(src)
             if saved["model"] != model.name:
                 raise ValueError(f"{src} is a {saved['model']} run; cannot initialise a {model.name} from it")
-    elif (src / "card.json").is_file():
+    elif (src / CARD).is_file():
         from shared.model import FacialExpressionModel
         donor = FacialExpressionModel(src, backend="keras")._keras
         nested = [l for l in donor.layers if isinstance(l, keras.Model) and l.name == model.name]
@@ -136,8 +137,8 @@ def record_init_source(run: Path, source: str | Path) -> dict:
         timing = src / TIMING
         info["training"] = {"run_dir": str(src), "command": cfg.get("command"),
                             "timing": json.loads(timing.read_text()) if timing.is_file() else None}
-    elif (src / "card.json").is_file():
-        card = json.loads((src / "card.json").read_text())
+    elif (src / CARD).is_file():
+        card = json.loads((src / CARD).read_text())
         info["training"] = card.get("training")
         info["card_name"] = card.get("name")
     _write_json_atomic(run / INIT_SOURCE, info)

@@ -6,9 +6,10 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
-from services.web.hub import BROWSER_PREFIX, result_json
+from services.web.hub import result_json
 from services.web.images import ImageError, decode_image
 from shared.labels import EMOTIONS
+from shared.messages import BROWSER_PREFIX
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

@@ -27,7 +27,7 @@ import zmq
 
 from shared import bus
 from shared.config import Config
-from shared.messages import BROWSER_PREFIX, Annotated, Frame, Heartbeat, MessageError, decode, encode, latencies  # noqa: F401 (re-exported)
+from shared.messages import BROWSER_PREFIX, Annotated, Frame, Heartbeat, MessageError, decode, encode, latencies
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template, request
 
-from services.web.hub import BROWSER_PREFIX
+from shared.messages import BROWSER_PREFIX
 
 bp = Blueprint("pages", __name__)
 

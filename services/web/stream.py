@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, request
 
-from services.web.hub import BROWSER_PREFIX, PipelineHub
+from services.web.hub import PipelineHub
+from shared.messages import BROWSER_PREFIX
 
 bp = Blueprint("stream", __name__)
 BOUNDARY = "frame"

@@ -31,7 +31,8 @@ import cv2
 from flask import Blueprint, current_app
 from flask_sock import ConnectionClosed, Sock
 
-from services.web.hub import BROWSER_PREFIX, PipelineHub
+from services.web.hub import PipelineHub
+from shared.messages import BROWSER_PREFIX
 from services.web.images import ImageError, decode_image, image_format
 from shared.messages import Annotated
 

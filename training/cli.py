@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "training.explore",
     "training.train",
+    "training.distill",
     "training.evaluate",
     "training.export",
     "training.predict",

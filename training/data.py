@@ -110,8 +110,24 @@ def read_zip(path: str | Path) -> FerData:
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{path}: not a readable zip ({e})") from e
     with zf:
-        names = sorted(n for n in zf.namelist() if n.lower().endswith(IMAGE_EXT))
+        names = _image_names(zf.namelist())
         return _from_entries([(n, zf.read(n)) for n in names], str(path))
+
+
+def _image_names(names: list[str]) -> list[str]:
+    """The zip members `read_zip` reads, in the order of its rows."""
+    return sorted(n for n in names if n.lower().endswith(IMAGE_EXT) and len(n.replace("\\", "/").split("/")) >= 3)
+
+
+def zip_image_paths(path: str | Path) -> list[str]:
+    """The image paths inside a FER2013 zip, one per row of `read_zip(path)` / `load_fer2013(path)`, in
+    the same order: the key that joins other per-image data (the FER+ votes) to the rows."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _image_names(zf.namelist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path}: not a readable zip ({e})") from e
 
 
 def read_folder(path: str | Path) -> FerData:

@@ -155,10 +155,20 @@ def _cmd_evaluate(a) -> int:
         fem = (FacialExpressionModel(a.model_dir, backend="keras") if form == "keras" else
                FacialExpressionModel(a.model_dir, precision=form, num_threads=a.threads))
         predict, name = fem.predict_proba, f"{a.model_dir} ({fem.card.get('name')})"
-    split = load_fer2013(data_path).split(a.split)
+    from training.ferplus import majority_accuracy, majority_or_none
+
+    data = load_fer2013(data_path)
+    split = data.split(a.split)
     title = f"{name} {form} on {a.split}" + (" with flip TTA" if a.tta else "")
-    report = evaluate(predict, split.faces, split.labels, tta=a.tta)
+    probs = predict_all(with_flip_tta(predict) if a.tta else predict, split.faces)
+    report = classification_report(split.labels, probs)
     text = format_report(report, title)
+    majority = majority_or_none(data_path, data, a.split)
+    if majority is not None:  # the second metric: the same predictions against the FER+ crowd majority
+        report["ferplus_majority"] = majority_accuracy(probs, majority)
+        fp = report["ferplus_majority"]
+        text += (f"\nFER+ majority-vote accuracy: {fp['accuracy']:.4f} (n={fp['n']}; {fp['excluded']} faces "
+                 f"without a FER+ expression majority left out)")
     print(text)
     if a.out:
         out = Path(a.out)

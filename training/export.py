@@ -261,6 +261,12 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
             log.info("%s %s: accuracy %.4f, with flip TTA %.4f", form, split_name, row[form]["accuracy"],
                      row[form]["accuracy_flip_tta"])
         metrics[split_name] = row
+    from training.ferplus import majority_accuracy, majority_or_none
+    for split_name in ("PublicTest", "PrivateTest"):  # second metric: against the FER+ crowd majority
+        majority = majority_or_none(data, fer, split_name)
+        if majority is not None:
+            metrics.setdefault("ferplus_majority", {})[split_name] = {
+                form: majority_accuracy(probs[form, split_name], majority) for form in forms}
     report = classification_report(private.labels, probs["int8", "PrivateTest"])
     metrics["int8_PrivateTest"] = {k: report[k] for k in ("accuracy", "macro_f1", "per_class", "confusion")}
     metrics["int8_PrivateTest"]["recall"] = {k: v["recall"] for k, v in report["per_class"].items()}

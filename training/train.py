@@ -51,6 +51,13 @@ class TrainConfig:
     seed: int = 1
     per_class: int | None = None          # cap faces per class and split (quick runs)
     init_from: str | None = None          # start from these weights: a run dir, a .weights.h5 or a model dir
+    # Distillation (`ferlive distill`): the targets mix the FER2013 label with a teacher's softened
+    # probabilities and the FER+ crowd-vote distribution (Training rows only); the rest of the weight
+    # goes to the hard label. 0/None: plain training on hard labels.
+    teacher: str | None = None            # exported model directory of the teacher
+    teacher_weight: float = 0.0
+    temperature: float = 1.0              # teacher probabilities p**(1/T), renormalised
+    ferplus_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -62,17 +69,22 @@ class TrainConfig:
         return asdict(self)
 
 
-def take_per_class(data: FerData, n: int | None, seed: int) -> FerData:
-    """At most n faces of each class in each split (seeded); all of them when n is None."""
+def per_class_index(data: FerData, n: int | None, seed: int) -> np.ndarray:
+    """Sorted row indices of at most n faces of each class in each split (seeded); every row when n is None."""
     if n is None:
-        return data
+        return np.arange(len(data))
     rng = np.random.default_rng(seed)
     keep = []
     for split in sorted(set(data.splits.tolist())):
         for c in range(NUM_CLASSES):
             idx = np.flatnonzero((data.splits == split) & (data.labels == c))
             keep.extend(rng.permutation(idx)[:n])
-    return data.subset(np.sort(np.asarray(keep, dtype=np.int64)))
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def take_per_class(data: FerData, n: int | None, seed: int) -> FerData:
+    """At most n faces of each class in each split (seeded); all of them when n is None."""
+    return data if n is None else data.subset(per_class_index(data, n, seed))
 
 
 def xy(data: FerData) -> tuple[np.ndarray, np.ndarray]:
@@ -265,6 +277,8 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     import keras
     from training.models import MODELS, create_model
 
+    if cfg.model not in MODELS:  # before the run folder exists, so a typo leaves nothing behind
+        raise ValueError(f"unknown model {cfg.model!r}; registered: {', '.join(sorted(MODELS))}")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg_file = run / CONFIG
@@ -274,22 +288,26 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
         mine = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
         if saved_cfg.get("train") is not None:
             saved_cfg = saved_cfg["train"]
-        if {k: saved_cfg.get(k) for k in mine} != mine:
+        defaults = TrainConfig().to_dict()  # options added since the run was made take their defaults
+        if {k: saved_cfg.get(k, defaults[k]) for k in mine} != mine:
             raise ValueError(f"{run} holds a run with another config; use a new --run-dir or the same options "
                              f"(saved: {saved_cfg})")
     meta = {**cfg.to_dict(), "command": " ".join(sys.argv)}
     cfg_file.write_text(json.dumps(meta, indent=2))
 
     keras.utils.set_random_seed(cfg.seed)
-    spec = MODELS[cfg.model] if cfg.model in MODELS else None
-    if spec is None:
-        raise KeyError(f"unknown model {cfg.model!r}; registered: {sorted(MODELS)}")
+    spec = MODELS[cfg.model]
     opt_name = cfg.optimizer or spec.optimizer
     base_lr = cfg.lr or spec.lr
 
-    data = take_per_class(load_fer2013(cfg.data), cfg.per_class, cfg.seed)
+    full = load_fer2013(cfg.data)
+    keep = per_class_index(full, cfg.per_class, cfg.seed)
+    data = full.subset(keep)
     x_tr, y_tr = xy(data.split("Training"))
     x_va, y_va = xy(data.split("PublicTest"))
+    if cfg.teacher or cfg.ferplus_weight > 0:
+        from training.distill import distillation_targets
+        y_tr = distillation_targets(cfg, full, keep, run)
     log.info("training on %d faces, validating on %d PublicTest faces", len(x_tr), len(x_va))
 
     model = create_model(cfg.model, augment=build_augmentation(cfg.augment, cfg.seed))
@@ -312,7 +330,14 @@ def add_cli(sub) -> None:
     p = sub.add_parser("train", help="train a registered model on FER2013 (resumable)",
                        description="Train on Training, keep the best PublicTest checkpoint; rerun the same "
                                    "command to resume an interrupted run.")
-    p.add_argument("--model", default="xception_wide", help="registered model name (see `ferlive models`)")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def add_train_arguments(p, label_smoothing: float = 0.1) -> None:
+    """The options `train` and `distill` share."""
+    p.add_argument("--model", default="xception_wide",
+                   help="registered model name (the MODELS registry in training/models.py)")
     p.add_argument("--data", default=None, help="FER2013 CSV, image-folder tree or zip (default: ../shared's zip)")
     p.add_argument("--run-dir", default="runs/default", help="where checkpoints, history and curves go")
     p.add_argument("--epochs", type=int, default=60)
@@ -322,7 +347,7 @@ def add_cli(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default="cosine")
     p.add_argument("--warmup-epochs", type=int, default=2)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=float, default=label_smoothing)
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     p.add_argument("--erasing", type=float, default=0.0, help="random-erasing strength (0: off)")
     p.add_argument("--seed", type=int, default=1)
@@ -330,14 +355,19 @@ def add_cli(sub) -> None:
     p.add_argument("--init-from", default=None,
                    help="start from trained weights (fine-tuning, or a warm restart of the schedule): a run "
                         "directory, a .weights.h5 checkpoint or an exported model directory")
-    p.set_defaults(func=_cmd_train)
+
+
+def config_from_args(a, **extra) -> TrainConfig:
+    aug = None if a.no_augment else AugmentConfig(erasing=a.erasing)
+    return TrainConfig(model=a.model, data=a.data, run_dir=a.run_dir, epochs=a.epochs, batch_size=a.batch_size,
+                       optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
+                       warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, augment=aug,
+                       seed=a.seed, per_class=a.per_class, init_from=a.init_from, **extra)
 
 
 def _cmd_train(a) -> int:
-    aug = None if a.no_augment else AugmentConfig(erasing=a.erasing)
-    cfg = TrainConfig(model=a.model, data=a.data, run_dir=a.run_dir, epochs=a.epochs, batch_size=a.batch_size,
-                      optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
-                      warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, augment=aug,
-                      seed=a.seed, per_class=a.per_class, init_from=a.init_from)
-    train(cfg)
+    try:
+        train(config_from_args(a))
+    except ValueError as e:
+        raise SystemExit(f"ferlive train: {e}") from None
     return 0

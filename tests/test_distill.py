@@ -1,0 +1,189 @@
+"""Distillation and the FER+ votes: the votes join the zip's rows and only Training rows become targets; the
+targets mix as documented; a student learns from a real teacher's soft targets on real faces, exports with
+the FER+ second metric on its card, and a killed distillation run resumes on the same cached targets."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.labels import EMOTION_TO_CODE, NUM_CLASSES
+from training.distill import TEACHER_CACHE, mix_targets, soften
+from training.ferplus import EXCLUDED, VOTE_COLUMNS, FerPlusVotes, load_ferplus, read_votes_csv
+from training.train import HISTORY, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fer_zip_data(images_zip):
+    from training.data import load_fer2013
+    return load_fer2013(images_zip)
+
+
+@pytest.fixture(scope="module")
+def votes(images_zip):
+    return load_ferplus(images_zip)
+
+
+# --- FER+ votes ------------------------------------------------------------------------------------------
+
+def test_votes_join_every_matched_row_of_the_zip(fer_zip_data, votes):
+    assert len(votes) == len(fer_zip_data) == 35887
+    matched = {s: int(votes.matched[fer_zip_data.splits == s].sum()) for s in ("Training", "PublicTest", "PrivateTest")}
+    assert matched == {"Training": 28486, "PublicTest": 3510, "PrivateTest": 3573}  # the votes README's counts
+    assert (votes.counts[~votes.matched] == 0).all()
+    assert (votes.counts[votes.matched].sum(axis=1) == 10).mean() > 0.99  # ten taggers per image
+
+
+def test_vote_distributions_are_normalised_over_the_seven_expressions(votes):
+    dist, usable = votes.distributions()
+    assert dist.shape == (len(votes), NUM_CLASSES)
+    assert np.allclose(dist[usable].sum(axis=1), 1.0)
+    assert (dist[~usable] == 0).all()
+    one = FerPlusVotes(np.array([[5, 0, 0, 0, 3, 0, 0, 1, 1, 0]]), np.array([True]))  # neutral 5, anger 3
+    d, u = one.distributions()
+    assert u[0] and d[0, EMOTION_TO_CODE["neutral"]] == pytest.approx(5 / 8)
+    assert d[0, EMOTION_TO_CODE["angry"]] == pytest.approx(3 / 8)
+
+
+def test_the_join_is_right_where_the_labels_are_clean(fer_zip_data, votes):
+    """FER+ agrees with FER2013's happy labels for ~92% of images and fear for only ~13% (votes README):
+    a misaligned join would agree ~1/7 of the time for every class."""
+    maj = votes.majority(fer_zip_data, "Training")
+    labels = fer_zip_data.labels[fer_zip_data.splits == "Training"]
+    agree = {c: float((maj[labels == EMOTION_TO_CODE[c]] == EMOTION_TO_CODE[c]).mean()) for c in ("happy", "fear")}
+    assert agree["happy"] > 0.85 and agree["fear"] < 0.3, agree
+
+
+def test_majority_leaves_out_non_expressions_ties_and_unmatched():
+    from training.data import FerData
+    counts = np.array([[0, 7, 0, 0, 0, 0, 0, 0, 3, 0],    # happiness
+                       [0, 0, 0, 0, 0, 0, 0, 6, 4, 0],    # contempt: left out
+                       [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],   # not a face: left out
+                       [5, 5, 0, 0, 0, 0, 0, 0, 0, 0],    # tie: left out
+                       [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])   # no votes
+    data = FerData(np.zeros((5, 48, 48), np.uint8), np.zeros(5, np.int64), np.array(["PrivateTest"] * 5))
+    got = FerPlusVotes(counts, np.array([True, True, True, True, False])).majority(data, "PrivateTest")
+    assert got.tolist() == [EMOTION_TO_CODE["happy"], EXCLUDED, EXCLUDED, EXCLUDED, EXCLUDED]
+
+
+def test_training_targets_come_only_from_training_rows(fer_zip_data, votes):
+    dist, usable = votes.training_targets(fer_zip_data)
+    n_train = int((fer_zip_data.splits == "Training").sum())
+    assert dist.shape == (n_train, NUM_CLASSES) and usable.shape == (n_train,)
+    with pytest.raises(ValueError, match="same zip"):
+        votes.training_targets(fer_zip_data.split("PrivateTest"))
+
+
+def test_votes_csv_errors_name_the_row(tmp_path):
+    bad = tmp_path / "votes.csv"
+    bad.write_text("path,ferplus_image," + ",".join(VOTE_COLUMNS) + "\ntrain/a/x.png,fer1.png,1,2,3\n")
+    with pytest.raises(ValueError, match="row 2"):
+        read_votes_csv(bad)
+
+
+# --- targets -----------------------------------------------------------------------------------------------
+
+def test_mix_targets_weights_and_fallback_to_the_label():
+    labels = np.array([0, 3])
+    teacher = np.full((2, NUM_CLASSES), 1 / NUM_CLASSES, np.float32)
+    ferplus = np.zeros((2, NUM_CLASSES), np.float32)
+    ferplus[:, 6] = 1.0
+    t = mix_targets(labels, teacher, 0.4, ferplus, np.array([True, False]), 0.2)
+    assert np.allclose(t.sum(axis=1), 1.0)
+    assert t[0, 0] == pytest.approx(0.4 + 0.4 / 7) and t[0, 6] == pytest.approx(0.2 + 0.4 / 7)
+    assert t[1, 3] == pytest.approx(0.6 + 0.4 / 7) and t[1, 6] == pytest.approx(0.4 / 7)  # no votes: the label
+    assert np.array_equal(mix_targets(labels), np.eye(NUM_CLASSES, dtype=np.float32)[labels])
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        mix_targets(labels, teacher, 0.8, ferplus, np.array([True, True]), 0.3)
+
+
+def test_soften_flattens_and_keeps_the_order():
+    p = np.array([[0.7, 0.2, 0.1, 0, 0, 0, 0]], np.float32)
+    s = soften(p, 2.0)
+    assert np.isclose(s.sum(), 1) and s[0, 0] < 0.7 and np.argmax(s) == 0 and s[0, 1] > 0.2
+    assert np.allclose(soften(p, 1.0)[0, :3], p[0, :3], atol=1e-6)
+
+
+# --- end to end on real faces with the real bundled teacher ------------------------------------------------
+
+@pytest.mark.slow
+def test_student_learns_the_teachers_soft_targets_and_exports(images_zip, tmp_path):
+    from shared.model import CARD, DEFAULT_MODEL_DIR
+    from training.export import export_model
+    from training.train import train
+
+    run = tmp_path / "student"
+    cfg = TrainConfig(model="tiny_cnn", data=str(images_zip), run_dir=str(run), epochs=6, batch_size=32,
+                      lr=1e-2, schedule="constant", warmup_epochs=0, label_smoothing=0.0, augment=None,
+                      per_class=40, teacher=str(DEFAULT_MODEL_DIR), teacher_weight=1.0, temperature=1.0)
+    hist = train(cfg, verbose=0).history
+    # With teacher weight 1 the loss is the cross-entropy to the teacher's distributions: it falls.
+    assert hist["loss"][-1] < hist["loss"][0] - 0.05, hist["loss"]
+    stats = json.loads((run / "targets.json").read_text())
+    assert stats["n"] == 7 * 40 and 0.5 < stats["teacher_agrees_with_label"] <= 1.0
+    with np.load(run / TEACHER_CACHE) as z:
+        probs = z["probs"].astype(np.float32)
+    assert probs.shape == (7 * 40, NUM_CLASSES) and np.allclose(probs.sum(axis=1), 1, atol=0.02)
+
+    card = export_model(run, tmp_path / "model", max_int8_drop=None)
+    assert card["training"]["config"]["teacher"] == str(DEFAULT_MODEL_DIR)
+    assert card["training"]["config"]["teacher_weight"] == 1.0
+    fp = card["metrics"]["ferplus_majority"]["PrivateTest"]["int8"]
+    assert fp["n"] + fp["excluded"] == 3589 and 0.0 <= fp["accuracy"] <= 1.0
+    assert json.loads((tmp_path / "model" / CARD).read_text())["metrics"]["ferplus_majority"] == \
+        card["metrics"]["ferplus_majority"]
+
+
+@pytest.mark.slow
+def test_killed_distillation_resumes_on_the_same_targets(images_zip, tmp_path):
+    from shared.model import DEFAULT_MODEL_DIR
+
+    run = tmp_path / "run"
+    epochs = 6
+    cmd = [sys.executable, "-m", "training", "distill", "--model", "tiny_cnn", "--data", str(images_zip),
+           "--teacher", str(DEFAULT_MODEL_DIR), "--per-class", "20", "--run-dir", str(run), "--epochs",
+           str(epochs), "--batch-size", "16", "--no-augment"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    with open(tmp_path / "first.log", "w") as log1:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log1, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        try:
+            while not (run / HISTORY).exists() or len((run / HISTORY).read_text().splitlines()) < 3:
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "no two epochs within 300 s"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    cache_mtime = (run / TEACHER_CACHE).stat().st_mtime_ns
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert (run / TEACHER_CACHE).stat().st_mtime_ns == cache_mtime  # the same targets, not recomputed
+    assert "Training faces ..." in (tmp_path / "first.log").read_text()  # computed once, by the first session
+    assert "Training faces ..." not in second.stdout + second.stderr
+    rows = (run / HISTORY).read_text().splitlines()[1:]
+    assert int(rows[-1].split(",")[0]) == epochs - 1
+    assert json.loads((run / "timing.json").read_text())["sessions"] == 2
+
+
+def test_distill_cli_needs_a_teacher_and_refuses_unknown_models(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-m", "training", "distill", "--run-dir", str(tmp_path / "r")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--teacher" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "training", "train", "--model", "nope", "--run-dir",
+                          str(tmp_path / "r2")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "unknown model 'nope'" in out.stderr and "vgg_small" in out.stderr
+    assert not (tmp_path / "r2").exists()  # a typo leaves no empty run folder

@@ -1,0 +1,170 @@
+"""Knowledge distillation: a student learns from a teacher's soft targets, the FER+ crowd votes and the labels.
+
+    ferlive distill --model vgg_small --teacher shared/ensemble_model --teacher-weight 0.4 \\
+                    --ferplus-weight 0.2 --temperature 2 --epochs 80 --run-dir runs/distill
+
+The student's target for a Training face is
+
+    t = w_teacher * soften(teacher(face), T) + w_ferplus * ferplus_votes(face) + (1 - w_teacher - w_ferplus) * onehot(label)
+
+(a face without usable FER+ votes gives that share to its label). The teacher is any exported model
+directory, run in its int8 form with flip averaging when its card does not already bake it in; its
+probabilities on Training are computed once and cached in the run directory (`teacher_targets.npz`), so a
+resumed run trains on exactly the same targets. Everything else — schedule, checkpoints chosen on
+PublicTest, resume after a kill, timing — is `ferlive train`'s."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from shared.labels import NUM_CLASSES
+from training.data import FerData
+
+log = logging.getLogger(__name__)
+
+TEACHER_CACHE = "teacher_targets.npz"
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities at temperature T: p**(1/T), renormalised (the softmax of logits/T)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    p = np.clip(np.asarray(probs, np.float64), 1e-8, 1.0) ** (1.0 / temperature)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def mix_targets(labels: np.ndarray, teacher: np.ndarray | None = None, teacher_weight: float = 0.0,
+                ferplus: np.ndarray | None = None, ferplus_usable: np.ndarray | None = None,
+                ferplus_weight: float = 0.0) -> np.ndarray:
+    """float32 (N,7) targets: the weighted mix of one-hot labels, teacher distributions and FER+ vote
+    distributions (rows without usable votes give that weight to the label). Each row sums to 1."""
+    labels = np.asarray(labels, np.int64)
+    n = len(labels)
+    if not (0 <= teacher_weight and 0 <= ferplus_weight and teacher_weight + ferplus_weight <= 1):
+        raise ValueError(f"weights must be >= 0 and sum to at most 1: teacher {teacher_weight}, "
+                         f"ferplus {ferplus_weight}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= NUM_CLASSES:
+        raise ValueError("labels must be FER2013 codes 0-6")
+    onehot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+    out = np.zeros((n, NUM_CLASSES), np.float32)
+    w_label = np.full((n, 1), 1.0 - teacher_weight - ferplus_weight, np.float32)
+    if teacher_weight > 0:
+        if teacher is None or teacher.shape != (n, NUM_CLASSES):
+            raise ValueError(f"teacher targets must be ({n},{NUM_CLASSES})")
+        out += teacher_weight * teacher
+    if ferplus_weight > 0:
+        if ferplus is None or ferplus.shape != (n, NUM_CLASSES) or ferplus_usable is None:
+            raise ValueError(f"FER+ targets must be ({n},{NUM_CLASSES}) with a usable mask")
+        use = np.asarray(ferplus_usable, bool)[:, None]
+        out += np.where(use, ferplus_weight * ferplus, 0.0).astype(np.float32)
+        w_label += np.where(use, 0.0, ferplus_weight).astype(np.float32)
+    out += w_label * onehot
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool | None = None,
+                          threads: int = 2) -> np.ndarray:
+    """The teacher's (N,7) probabilities on uint8 faces: its int8 TFLite form (ai-edge-litert), averaged
+    with the mirrored face unless its card says flip averaging is already inside the model."""
+    from shared.model import FacialExpressionModel
+    from training.evaluate import predict_all, with_flip_tta
+
+    model = FacialExpressionModel(model_dir, precision="int8", num_threads=threads)
+    if flip is None:
+        flip = not model.card.get("flip_tta", False)
+    predict = with_flip_tta(model.predict_proba) if flip else model.predict_proba
+    return predict_all(predict, faces)
+
+
+def _teacher_key(model_dir: Path, faces: np.ndarray) -> str:
+    h = hashlib.sha1()
+    for name in ("card.json", "model_int8.tflite"):
+        path = model_dir / name
+        h.update(path.read_bytes() if path.is_file() else name.encode())
+    h.update(np.ascontiguousarray(faces[:64]).tobytes())
+    h.update(str(len(faces)).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_teacher_probabilities(model_dir: str | Path, faces: np.ndarray, run: Path) -> np.ndarray:
+    """teacher_probabilities, cached in run/teacher_targets.npz keyed by the teacher's files and the faces."""
+    model_dir = Path(model_dir)
+    key = _teacher_key(model_dir, faces)
+    cache = run / TEACHER_CACHE
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key and z["probs"].shape == (len(faces), NUM_CLASSES):
+                return z["probs"].astype(np.float32)
+        log.warning("%s was made by another teacher or for other faces; recomputing", cache)
+    log.info("teacher %s on %d Training faces ...", model_dir, len(faces))
+    probs = teacher_probabilities(model_dir, faces)
+    tmp = run / (TEACHER_CACHE + ".tmp.npz")
+    np.savez_compressed(tmp, probs=probs.astype(np.float16), key=np.array(key))
+    tmp.replace(cache)
+    return probs.astype(np.float16).astype(np.float32)
+
+
+def distillation_targets(cfg, full: FerData, keep: np.ndarray, run: Path) -> np.ndarray:
+    """The (N_train,7) targets of `cfg` (a TrainConfig) for the Training rows of full.subset(keep)."""
+    data = full.subset(keep)
+    train_rows = data.splits == "Training"
+    labels = data.labels[train_rows]
+    teacher = None
+    if cfg.teacher_weight > 0:
+        if not cfg.teacher:
+            raise ValueError("--teacher-weight needs --teacher MODEL_DIR")
+        teacher = soften(cached_teacher_probabilities(cfg.teacher, data.faces[train_rows], run), cfg.temperature)
+    ferplus = usable = None
+    if cfg.ferplus_weight > 0:
+        from training.data import DEFAULT_DATA
+        from training.ferplus import load_ferplus
+        votes = load_ferplus(cfg.data if cfg.data is not None else DEFAULT_DATA)
+        dist_all, usable_all = votes.distributions()
+        # Training rows only: the test splits' votes never become targets.
+        rows = keep[train_rows]
+        if not (full.splits[rows] == "Training").all():
+            raise AssertionError("FER+ targets requested for non-Training rows")
+        ferplus, usable = dist_all[rows], usable_all[rows]
+        log.info("FER+ votes usable for %d of %d Training faces", usable.sum(), len(rows))
+    targets = mix_targets(labels, teacher, cfg.teacher_weight, ferplus, usable, cfg.ferplus_weight)
+    agree = float((targets.argmax(1) == labels).mean())
+    stats = {"n": int(len(labels)), "argmax_agrees_with_label": agree,
+             "teacher_agrees_with_label": None if teacher is None else float((teacher.argmax(1) == labels).mean()),
+             "ferplus_usable": None if usable is None else int(usable.sum())}
+    (run / "targets.json").write_text(json.dumps(stats, indent=2))
+    log.info("distillation targets: %s", stats)
+    return targets
+
+
+def add_cli(sub) -> None:
+    from training.train import add_train_arguments
+
+    p = sub.add_parser("distill", help="train a student on a teacher's soft targets and the FER+ votes (resumable)",
+                       description="Train a student like `ferlive train` does, on targets that mix the FER2013 "
+                                   "label, a teacher's softened probabilities and the FER+ crowd votes of "
+                                   "Training faces. Rerun the same command to resume.")
+    add_train_arguments(p, label_smoothing=0.0)
+    p.add_argument("--teacher", default=None, help="exported model directory of the teacher (e.g. an ensemble)")
+    p.add_argument("--teacher-weight", type=float, default=0.5, help="share of the teacher in the target")
+    p.add_argument("--temperature", type=float, default=2.0, help="teacher temperature T (p**(1/T))")
+    p.add_argument("--ferplus-weight", type=float, default=0.2,
+                   help="share of the FER+ vote distribution in the target (Training rows only)")
+    p.set_defaults(func=_cmd_distill)
+
+
+def _cmd_distill(a) -> int:
+    from training.train import config_from_args, train
+
+    if a.teacher is None and a.teacher_weight > 0:
+        raise SystemExit("ferlive distill: --teacher MODEL_DIR is required (or --teacher-weight 0)")
+    cfg = config_from_args(a, teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
+                           temperature=a.temperature, ferplus_weight=a.ferplus_weight)
+    try:
+        train(cfg)
+    except ValueError as e:
+        raise SystemExit(f"ferlive distill: {e}") from None
+    return 0

@@ -10,8 +10,9 @@ import pytest
 from shared.config import Config
 from shared.labels import EMOTIONS
 from shared.messages import Annotated, FaceResult, Faces, Frame, Predictions, decode, encode
-from services.annotate.draw import annotate
-from services.annotate.sink import Reorderer, Tracker, face_results, iou_matrix
+from shared.draw import annotate
+from services.annotate.sink import Reorderer, face_results
+from shared.tracking import Tracker, iou_matrix
 from services.annotate.stage import AnnotateStage
 
 

@@ -25,8 +25,8 @@ def cfg():
                   width=160, height=120, fps=0, wait_subscriber_s=5.0)
 
 
-def write_video(path, n=12, size=(160, 120)) -> str:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+def write_video(path, n=12, size=(160, 120), fps=10) -> str:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
     for i in range(n):
         img = np.zeros((size[1], size[0], 3), np.uint8)
         img[:, : (i + 1) * 10] = 200
@@ -100,13 +100,26 @@ def test_file_stops_cleanly_at_its_end(cfg, tmp_path):
     assert beats[-1].status == "eof" and beats[-1].counters["frames_out"] == 12
 
 
-def test_file_loops_and_paces(cfg, tmp_path):
-    cfg = cfg.replace(source=write_video(tmp_path / "v.avi", 5), loop=True, max_frames=12, fps=40)
+def test_file_loops_at_its_own_rate_under_the_cap(cfg, tmp_path):
+    """A 10 frames/s file under a 40 frames/s cap plays at 10 frames/s, not at the cap."""
+    cfg = cfg.replace(source=write_video(tmp_path / "v.avi", 5, fps=10), loop=True, max_frames=12, fps=40)
     frames, beats, alive = collect(cfg, lambda f, b: False)
     assert [f.seq for f in frames] == list(range(12)) and not alive
     assert beats[-1].counters["rewinds"] == 2
     span = frames[-1].t_capture - frames[0].t_capture
-    assert span == pytest.approx(11 / 40, abs=0.1)
+    assert span == pytest.approx(11 / 10, abs=0.15)
+
+
+def test_file_faster_than_the_cap_skips_frames_and_keeps_real_time(cfg, tmp_path):
+    """A 40 frames/s file under a 20 frames/s cap: about every other frame is skipped (never decoded), and
+    the file still takes its own duration."""
+    cfg = cfg.replace(source=write_video(tmp_path / "v.avi", 40, fps=40), fps=20, heartbeat_interval=0.05)
+    frames, beats, alive = collect(cfg, lambda f, b: False)
+    assert not alive
+    assert 17 <= len(frames) <= 23, len(frames)
+    assert beats[-1].counters["skipped"] + len(frames) == 40
+    span = frames[-1].t_capture - frames[0].t_capture
+    assert span == pytest.approx(39 / 40, abs=0.15)
 
 
 def test_missing_camera_is_retried_and_reported(cfg):

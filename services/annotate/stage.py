@@ -13,8 +13,9 @@ import zmq
 from shared import bus
 from shared.config import Config
 from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, decode, encode
-from services.annotate.draw import annotate
-from services.annotate.sink import Reorderer, Tracker, face_results
+from shared.draw import annotate
+from services.annotate.sink import Reorderer, face_results
+from shared.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -55,6 +55,7 @@ class DemoSource:
     """A real face photo, slowly panning and zooming, at any size; endless."""
 
     live = False
+    native_fps: Optional[float] = None  # paced by the configured rate
 
     def __init__(self, width: int, height: int, fps: float = 30.0) -> None:
         path = demo_image_path()
@@ -78,12 +79,15 @@ class DemoSource:
     def read(self) -> Optional[np.ndarray]:
         t = self.i / self.fps
         self.i += 1
-        zoom = 1.0 + 0.10 * math.sin(2 * math.pi * t / 8.0)
+        # Zoom stays above 1 and the vertical pan inside the margin it leaves, so the photo always covers
+        # the frame's height: no border is ever filled in (replicated edge rows showed as streaks).
+        zoom = 1.10 + 0.08 * math.sin(2 * math.pi * t / 8.0)
         dx = 25.0 * math.sin(2 * math.pi * t / 11.0)
-        dy = 10.0 * math.sin(2 * math.pi * t / 7.0)
+        dy = 0.9 * (zoom - 1.0) * self.height / 2 * math.sin(2 * math.pi * t / 7.0)
         m = cv2.getRotationMatrix2D((self.width / 2, self.height / 2), 0.0, zoom)
         m[:, 2] += (dx, dy)
-        return cv2.warpAffine(self.base, m, (self.width, self.height), borderMode=cv2.BORDER_REPLICATE)
+        return cv2.warpAffine(self.base, m, (self.width, self.height), borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=(96, 96, 96))
 
     def close(self) -> None:
         pass
@@ -107,6 +111,9 @@ class VideoSource:
             raise SourceError(f"cannot open {kind} {target!r}")
         if kind == "camera":
             self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a queue of old ones
+        fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        # A file's own frame rate (what capture paces it by); None when the container does not say.
+        self.native_fps: Optional[float] = fps if kind == "file" and 1.0 <= fps <= 1000.0 else None
 
     def grab(self) -> bool:
         """Take the next frame from the device without decoding it (keeps a live source's buffer empty)."""

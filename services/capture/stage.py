@@ -56,6 +56,7 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
     backoff = Backoff(cfg.retry_max_s)
     period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
     src, seq, next_due = None, 0, time.time()
+    next_file = next_due  # a file's own clock: its frames are due 1/native_fps apart
     try:
         while not should_stop() and not (cfg.max_frames and seq >= cfg.max_frames):
             hb.tick()
@@ -83,6 +84,21 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
                     frame = src.retrieve()
                     if frame is None:
                         raise SourceError(f"{kind} {cfg.source!r} gave an undecodable frame")
+                elif src.native_fps and period:
+                    # A file plays at its own rate; when that is above the cap, frames are skipped (grabbed,
+                    # never decoded) so the file still plays in real time. (--fps 0: as fast as it decodes.)
+                    file_period = 1.0 / src.native_fps
+                    now = time.time()
+                    if now < next_file:
+                        time.sleep(next_file - now)
+                    next_file = max(next_file + file_period, time.time() - file_period)
+                    if period and time.time() < next_due - 1e-3:
+                        if src.grab():
+                            hb.counters["skipped"] += 1
+                            continue
+                        frame = None
+                    else:
+                        frame = src.read()
                 else:
                     now = time.time()
                     if now < next_due:
@@ -99,6 +115,7 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
             if frame is None:  # end of a file
                 if cfg.loop:
                     src.rewind()
+                    next_file = time.time()  # the end of a file is no frame: the first one again is due now
                     hb.counters["rewinds"] += 1
                     continue
                 log.info("end of %s after %d frames", cfg.source, seq)

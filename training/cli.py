@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "training.evaluate",
     "training.export",
     "training.predict",
+    "training.analyze",
 )
 
 

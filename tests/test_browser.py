@@ -182,3 +182,40 @@ def test_upload_page_annotates_a_dropped_photo(page, server, media, shots, tmp_p
     wait_js(page, "document.querySelector('#result-text').classList.contains('error')", timeout=10000)
     assert "not an image" in page.text_content("#result-text")
     assert not page.csp_errors
+
+
+def test_upload_page_shows_no_broken_image_before_a_photo(page, server):
+    page.goto(server.url + "/upload")
+    assert not page.locator("#stage").is_visible()  # `hidden` wins over the stage's display rule
+
+
+def test_pages_fit_a_phone_screen(page, server):
+    page.set_viewport_size({"width": 390, "height": 800})
+    for path in ("/", "/webcam", "/upload", "/video"):
+        page.goto(server.url + path)
+        page.wait_for_timeout(300)  # the model tag is filled in
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+
+
+def test_webcam_placeholder_is_one_paragraph(page, server):
+    page.goto(server.url + "/webcam")
+    box = page.locator("#placeholder span").bounding_box()
+    b = page.locator("#placeholder b").bounding_box()
+    assert box["width"] > 3 * b["width"]  # the sentence flows around the button name, not in columns
+
+
+def test_video_page_analyses_an_upload_and_offers_the_outputs(page, server, media, shots, tmp_path):
+    page.goto(server.url + "/video")
+    page.set_input_files("#file", str(media["avi"]))
+    wait_js(page, "!document.querySelector('#result-video').hidden", timeout=90000)
+    assert page.locator("#downloads a").count() >= 4
+    wait_js(page, "document.querySelector('#result-video').readyState >= 1", timeout=10000)  # the browser plays it
+    assert page.evaluate("document.querySelector('#result-video').duration") > 1
+    assert page.locator("#tracks .face").count() >= 1
+    page.screenshot(path=str(shots / "video.png"))
+    bad = tmp_path / "notes.mp4"
+    bad.write_bytes(b"these are not frames" * 100)
+    page.set_input_files("#file", str(bad))
+    wait_js(page, "document.querySelector('#job-status').classList.contains('error')", timeout=10000)
+    assert "not a video" in page.text_content("#job-status")
+    assert not page.csp_errors

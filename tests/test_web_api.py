@@ -41,7 +41,7 @@ def client(app):
 
 
 # ------------------------------------------------------------------------------- pages
-@pytest.mark.parametrize("path", ["/", "/webcam", "/upload"])
+@pytest.mark.parametrize("path", ["/", "/webcam", "/upload", "/video"])
 def test_pages_render_with_a_strict_csp_and_no_inline_script(client, path):
     r = client.get(path)
     assert r.status_code == 200 and r.mimetype == "text/html"
@@ -56,7 +56,7 @@ def test_pages_render_with_a_strict_csp_and_no_inline_script(client, path):
 
 
 def test_static_files_are_served(client):
-    for name in ("app.css", "draw.js", "live.js", "webcam.js", "upload.js"):
+    for name in ("app.css", "draw.js", "live.js", "webcam.js", "upload.js", "video.js"):
         assert client.get(f"/static/{name}").status_code == 200
 
 

@@ -28,7 +28,9 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     FERLIVE (Config; default Config.from_env()), HUB (a PipelineHub, or False for none),
     PREDICTOR (an object with .predict(frame_bgr, scale)), MODEL_DIR (default Config.model_dir),
     MAX_CONTENT_LENGTH (bytes, default 10 MB), MAX_IMAGE_SIDE (px, default 1280),
-    WS_MAX_FRAME_BYTES (default 2 MB), WS_RESULT_TIMEOUT (s, default 2.0).
+    WS_MAX_FRAME_BYTES (default 2 MB), WS_RESULT_TIMEOUT (s, default 2.0), MAX_VIDEO_BYTES (video jobs' uploads,
+    default 200 MB), JOBS_DIR (default a new temporary folder), JOBS_KEPT (finished jobs kept, default 20),
+    JOBS_EVERY (analyse every Nth frame of uploaded videos, default 1).
     """
     from services.web.hub import PipelineHub
     from services.web.predictor import LazyPredictor, Predictor, read_card
@@ -46,6 +48,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         MAX_IMAGE_SIDE=1280,
         WS_MAX_FRAME_BYTES=2 * 1024 * 1024,
         WS_RESULT_TIMEOUT=2.0,
+        MAX_VIDEO_BYTES=200 * 1024 * 1024,
+        JOBS_DIR=None,
+        JOBS_KEPT=20,
+        JOBS_EVERY=1,
     )
     if test_config is None:
         # e.g. FERLIVE_WEB_MAX_CONTENT_LENGTH=20971520 (values are parsed as JSON)
@@ -69,7 +75,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
                                            else LazyPredictor(lambda: Predictor.load(model_dir)))
     app.extensions["ferlive.model_card"] = read_card(model_dir)
 
-    from services.web import api, pages, stream, ws
+    app.config["MODEL_DIR_RESOLVED"] = model_dir
+    from services.web import api, jobs, pages, stream, ws
+    jobs.init_app(app)
+    app.register_blueprint(jobs.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(api.bp)
@@ -84,7 +93,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         # JSON for the API and for uploads that are too large; the plain page for the rest.
         if request.path.startswith("/api/") or exc.code == 413:
             msg = exc.description
-            if exc.code == 413:
+            if exc.code == 413 and request.path.startswith("/api/jobs"):
+                msg = (f"request body too large: at most {app.config['MAX_VIDEO_BYTES']} bytes "
+                       "(MAX_VIDEO_BYTES); send a shorter or smaller video")
+            elif exc.code == 413:
                 msg = (f"request body too large: at most {app.config['MAX_CONTENT_LENGTH']} bytes "
                        "(MAX_CONTENT_LENGTH); send a smaller image")
             return jsonify(error=msg, status=exc.code), exc.code
@@ -107,3 +119,6 @@ def close_app(app: Flask) -> None:
     hub = app.extensions.get("ferlive.hub")
     if hub is not None:
         hub.close()
+    queue = app.extensions.get("ferlive.jobs")
+    if queue is not None:
+        queue.close()

@@ -114,7 +114,7 @@ const FER = (() => {
       title.textContent = `Face ${face.track_id !== undefined ? "#" + face.track_id : i + 1}: ${emo}`;
       title.style.color = COLORS[emo];
       const where = document.createElement("small");
-      where.textContent = `${face.box[2]}×${face.box[3]} at ${face.box[0]},${face.box[1]}`;
+      where.textContent = face.note || `${face.box[2]}×${face.box[3]} at ${face.box[0]},${face.box[1]}`;
       head.append(title, where);
       li.append(head);
       for (const e of EMOTIONS) {

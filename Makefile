@@ -25,8 +25,9 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
 
+# Ctrl-C makes honcho stop every stage and exit 130: that is the normal way out, not an error.
 run: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start || [ $$? -eq 130 ]
 
 test: install-test browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q

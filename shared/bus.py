@@ -175,8 +175,8 @@ class NewestReceiver:
     can separate transport (the hop) from waiting for the stage to be free (the stage's own time)."""
 
     def __init__(self, ctx: zmq.Context, make: "Callable[[], zmq.Socket]",
-                 key: "Optional[Callable[[bytes], object]]" = None) -> None:
-        self._make, self._ctx, self._key = make, ctx, key
+                 key: "Optional[Callable[[bytes], object]]" = None, max_sources: int = 64) -> None:
+        self._make, self._ctx, self._key, self.max_sources = make, ctx, key, max_sources
         self._cond = threading.Condition()
         self._slots: dict[object, tuple[bytes, float, float]] = {}  # key -> (data, arrived, waiting since)
         self._skipped = 0
@@ -202,6 +202,9 @@ class NewestReceiver:
                     if k in self._slots:
                         self._skipped += 1
                         since = self._slots[k][2]  # the slot keeps its place in line
+                    elif len(self._slots) >= self.max_sources:  # bounded: a flood of source ids waits
+                        self._skipped += 1
+                        continue
                     self._slots[k] = (data, arrived, since)
                     self._cond.notify()
         finally:
@@ -280,8 +283,9 @@ class Heartbeater:
 
 
 # --- process plumbing ----------------------------------------------------------------------------
-class Shutdown(Exception):
-    """Raised in the main thread on SIGTERM/SIGINT so a stage leaves its loop and closes its sockets."""
+class Shutdown(BaseException):
+    """Raised in the main thread on SIGTERM/SIGINT so a stage leaves its loop and closes its sockets
+    (a BaseException, like KeyboardInterrupt, so a loop's ``except Exception`` never swallows it)."""
 
 
 def install_signal_handlers() -> None:

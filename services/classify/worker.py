@@ -11,6 +11,7 @@ import zmq
 
 from shared import bus
 from shared.config import Config
+from shared.guard import Guard
 from shared.labels import NUM_CLASSES
 from shared.messages import Faces, MessageError, Predictions, decode, encode
 
@@ -31,20 +32,25 @@ def classify(model: Model, faces: Faces) -> Predictions:
 
 
 def handle(model: Model, data: bytes, counters: Counter, max_lag_s: float = 0.0,
-           now: Optional[float] = None) -> Optional[Predictions]:
+           now: Optional[float] = None, guard: Optional[Guard] = None) -> Optional[Predictions]:
     """Faces bytes -> Predictions; None (counted) for a bad message or, with ``max_lag_s``, a frame
-    captured so long ago that classifying it would only add to the backlog."""
+    captured so long ago that classifying it would only add to the backlog. A model output that is not
+    a probability (NaN, out of [0, 1]) is counted ``bad_outputs`` and never sent."""
+    guard = guard or Guard(counters, log)
     try:
         faces = decode(data, expect="faces")
     except MessageError as exc:
-        counters["bad_messages"] += 1
-        log.warning("dropped a message: %s", exc)
+        guard.bad("bad_messages", exc)
         return None
     now = time.time() if now is None else now
     if max_lag_s > 0 and now - faces.frame.t_capture > max_lag_s:
         counters["stale"] += 1
         return None
-    preds = classify(model, faces)
+    try:
+        preds = classify(model, faces)
+    except MessageError as exc:
+        guard.bad("bad_outputs", exc)
+        return None
     counters["faces"] += len(faces)
     return preds
 
@@ -56,6 +62,7 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
     pull, push = bus.faces_worker(cfg, ctx), bus.predictions_push(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "classify", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)
+    guard = Guard(hb.counters, log, cfg.log_every_s)
     hb.tick(force=True)
     try:
         while not should_stop():
@@ -66,14 +73,16 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
             t_recv = time.time()
             hb.counters["frames_in"] += 1
             hb.note_input()
-            preds = handle(model, data, hb.counters, cfg.max_lag_ms / 1e3, t_recv)
-            if preds is None:
-                continue
-            preds.frame.stamps.append(("classify", t_recv, time.time()))
-            if bus.send_within(push, encode(preds), 200):
-                hb.counters["frames_out"] += 1
-            else:
-                hb.counters["dropped_no_sink"] += 1
+            with guard.handling("a faces message"):
+                preds = handle(model, data, hb.counters, cfg.max_lag_ms / 1e3, t_recv, guard)
+                del data
+                if preds is None:
+                    continue
+                preds.frame.stamps.append(("classify", t_recv, time.time()))
+                if bus.send_within(push, encode(preds), 200):
+                    hb.counters["frames_out"] += 1
+                else:
+                    hb.counters["dropped_no_sink"] += 1
     finally:
         hb.tick(force=True)
         for s in (pull, push, hb.sock):

@@ -45,14 +45,26 @@ from shared.messages import Heartbeat, encode
 
 log = logging.getLogger(__name__)
 
+CONTROL_MAX_MSG = 65536
+"""ZMQ_MAXMSGSIZE of sockets that receive only small messages (heartbeats, subscriptions)."""
+
 _PATTERNS = {"XPUB": zmq.XPUB, "PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL}
 
 
 def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bind: bool, hwm: int,
-                sock_buf: int = 0) -> zmq.Socket:
-    """A socket of ``pattern`` (PUB/SUB/PUSH/PULL) named ``role``, bound or connected to ``endpoint``."""
+                sock_buf: int = 0, max_msg: int = 0, curve_dir: str = "") -> zmq.Socket:
+    """A socket of ``pattern`` (PUB/SUB/PUSH/PULL) named ``role``, bound or connected to ``endpoint``.
+
+    ``max_msg`` > 0 sets ZMQ_MAXMSGSIZE: a peer that sends a bigger message is disconnected before the
+    message is buffered (every receiving socket of the pipeline sets it). ``curve_dir``: encrypt and
+    authenticate with the CURVE keys there (``shared.keys``)."""
     sock = ctx.socket(_PATTERNS[pattern])
     sock.setsockopt(zmq.LINGER, 0)
+    if max_msg > 0:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
+    if curve_dir:
+        from shared.keys import apply_curve
+        apply_curve(sock, ctx, curve_dir, server=bind)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -81,56 +93,60 @@ def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bin
 def frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """XPUB (a PUB that also sees subscriptions), so capture can wait for detect: ``wait_for_subscriber``."""
     return make_socket(ctx, "XPUB", "frames_pub", cfg.frames_endpoint, bind=True, hwm=cfg.pub_hwm,
-                       sock_buf=cfg.sock_buf)
+                       sock_buf=cfg.sock_buf, max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir)
 
 
 def frames_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """Detect's SUB: connects to capture's frames and to the web's browser frames (``web_frames_endpoint``)."""
     sock = make_socket(ctx, "SUB", "frames_sub", cfg.frames_endpoint, bind=False, hwm=cfg.pub_hwm,
-                       sock_buf=cfg.sock_buf)
+                       sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
     if cfg.web_frames_endpoint:
         sock.connect(cfg.web_frames_endpoint)
     return sock
 
 
 def faces_ventilator(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PUSH", "faces_ventilator", cfg.faces_endpoint, bind=True, hwm=cfg.push_hwm,
-                       sock_buf=cfg.sock_buf)
+    return make_socket(ctx, "PUSH", "faces_ventilator", cfg.faces_endpoint, bind=True, hwm=cfg.faces_hwm,
+                       sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
 
 
 def faces_worker(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PULL", "faces_worker", cfg.faces_endpoint, bind=False, hwm=cfg.push_hwm,
-                       sock_buf=cfg.sock_buf)
+    return make_socket(ctx, "PULL", "faces_worker", cfg.faces_endpoint, bind=False, hwm=cfg.faces_hwm,
+                       sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
 
 
 def predictions_push(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "PUSH", "predictions_push", cfg.predictions_endpoint, bind=False,
-                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf)
+                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
 
 
 def predictions_sink(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "PULL", "predictions_sink", cfg.predictions_endpoint, bind=True,
-                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf)
+                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes,
+                       curve_dir=cfg.curve_dir)
 
 
 def annotated_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "PUB", "annotated_pub", cfg.annotated_endpoint, bind=True, hwm=cfg.pub_hwm,
-                       sock_buf=cfg.sock_buf)
+                       sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
 
 
 def annotated_sub(cfg: Config, ctx: zmq.Context, hwm: Optional[int] = None) -> zmq.Socket:
     """The web's (or a test's) subscription to annotated frames."""
     return make_socket(ctx, "SUB", "annotated_sub", cfg.annotated_endpoint, bind=False,
-                       hwm=hwm or cfg.pub_hwm, sock_buf=cfg.sock_buf)
+                       hwm=hwm or cfg.pub_hwm, sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes,
+                       curve_dir=cfg.curve_dir)
 
 
 def heartbeat_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PUB", "heartbeat_pub", cfg.heartbeat_endpoint, bind=False, hwm=16)
+    return make_socket(ctx, "PUB", "heartbeat_pub", cfg.heartbeat_endpoint, bind=False, hwm=16,
+                       curve_dir=cfg.curve_dir)
 
 
 def heartbeat_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """The one collector of every stage's heartbeats (binds)."""
-    return make_socket(ctx, "SUB", "heartbeat_sub", cfg.heartbeat_endpoint, bind=True, hwm=1000)
+    return make_socket(ctx, "SUB", "heartbeat_sub", cfg.heartbeat_endpoint, bind=True, hwm=1000,
+                       max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir)
 
 
 def wait_for_subscriber(xpub: zmq.Socket, timeout_s: float, count: int = 1) -> bool:

@@ -44,7 +44,7 @@ _LATENCY_NAMES = frozenset(("web",) + STAGES)
 def web_frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """PUB (binds ``cfg.web_frames_endpoint``) of browser frames; detect's frames SUB connects to it too."""
     return bus.make_socket(ctx, "PUB", "web_frames_pub", cfg.web_frames_endpoint, bind=True,
-                           hwm=max(cfg.pub_hwm, 16), sock_buf=cfg.sock_buf)
+                           hwm=max(cfg.pub_hwm, 16), sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
 
 
 @dataclass
@@ -318,4 +318,7 @@ class PipelineHub:
                 if sock is not None:
                     sock.close(0)
         if self._own_ctx:
+            if self.cfg.curve_dir:
+                from shared.keys import stop_authenticator
+                stop_authenticator(self.ctx)
             self.ctx.term()

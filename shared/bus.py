@@ -256,6 +256,20 @@ def recv_newest(sock: zmq.Socket, timeout_ms: int) -> tuple[Optional[bytes], int
             return data, skipped
 
 
+def recv_all(sock: zmq.Socket, timeout_ms: int, limit: int = 64) -> list[bytes]:
+    """Wait up to ``timeout_ms`` for a message, then take every message already queued (at most
+    ``limit``), oldest first; [] if none came."""
+    if not sock.poll(timeout_ms, zmq.POLLIN):
+        return []
+    out = [sock.recv(copy=True)]
+    while len(out) < limit:
+        try:
+            out.append(sock.recv(zmq.NOBLOCK, copy=True))
+        except zmq.Again:
+            break
+    return out
+
+
 def recv_nowait(sock: zmq.Socket, timeout_ms: int) -> Optional[bytes]:
     """One message if it arrives within ``timeout_ms``, else None."""
     if not sock.poll(timeout_ms, zmq.POLLIN):

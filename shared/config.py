@@ -45,7 +45,8 @@ class Config:
     pub_hwm: int = _f(2, "high-water mark (messages) of PUB/SUB sockets; live data beyond it is dropped")
     push_hwm: int = _f(2, "high-water mark (messages) of PUSH/PULL sockets, per peer")
     sock_buf: int = _f(65536, "kernel send/receive buffer (bytes) of data sockets; small keeps latency flat")
-    max_lag_ms: float = _f(500.0, "classify skips frames captured longer ago than this (overload shedding)")
+    max_lag_ms: float = _f(250.0, "latency budget: classify drops (and counts, 'stale') frames captured longer "
+                                  "ago than this instead of classifying them late")
     heartbeat_interval: float = _f(1.0, "seconds between heartbeats")
     faces_hwm: int = _f(1, "high-water mark of detect's PUSH and each worker's PULL: frames queued per worker")
     max_msg_bytes: int = _f(4 * 1024 * 1024, "largest ZeroMQ message any stage accepts (ZMQ_MAXMSGSIZE); "

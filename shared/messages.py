@@ -7,6 +7,8 @@ Kinds and who sends them (see shared/bus.py for the sockets):
     predictions  classify -> annotate    Predictions: the faces + probabilities float32 (N,7), EMOTIONS order
     annotated    annotate -> web         Annotated: the annotated JPEG + one FaceResult per face
     heartbeat    every stage -> web      Heartbeat: a stage's counters and status, once per interval
+    skip         classify -> annotate    Skip: a job dropped unclassified (older than the latency budget),
+                                         so the sink does not wait for it (schema version 2)
 
 Every message carries the frame it is about; ``frame.stamps`` is a list of ``(stage, t_recv, t_send)``
 (``time.time()`` seconds) that each stage appends to, so ``latencies(msg)`` gives the time spent in each
@@ -34,8 +36,8 @@ import numpy as np
 from shared.labels import EMOTIONS, NUM_CLASSES
 from shared.preprocess import FACE_SIZE
 
-SCHEMA_VERSION: int = 1
-KINDS: tuple[str, ...] = ("frame", "faces", "predictions", "annotated", "heartbeat")
+SCHEMA_VERSION: int = 2
+KINDS: tuple[str, ...] = ("frame", "faces", "predictions", "annotated", "heartbeat", "skip")
 STAGES: tuple[str, ...] = ("capture", "detect", "classify", "annotate")
 """The stages that send heartbeats; a heartbeat naming any other stage is refused."""
 
@@ -167,7 +169,18 @@ class Heartbeat:
     kind: ClassVar[str] = "heartbeat"
 
 
-Message = Union[Frame, Faces, Predictions, Annotated, Heartbeat]
+@dataclass
+class Skip:
+    """Detect's job ``job`` of run ``run`` was dropped by a worker without a result (``reason``: "stale",
+    older than the latency budget): the sink moves past it instead of waiting for it."""
+
+    run: int
+    job: int
+    reason: str = "stale"
+    kind: ClassVar[str] = "skip"
+
+
+Message = Union[Frame, Faces, Predictions, Annotated, Heartbeat, Skip]
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -194,8 +207,8 @@ def frame_of(msg: Message) -> Frame:
     """The frame a message is about."""
     if isinstance(msg, Frame):
         return msg
-    if isinstance(msg, Heartbeat):
-        raise MessageError("heartbeat: carries no frame")
+    if isinstance(msg, (Heartbeat, Skip)):
+        raise MessageError(f"{msg.kind}: carries no frame")
     return msg.frame
 
 
@@ -246,6 +259,8 @@ def encode(msg: Message) -> bytes:
         body["probs"] = msg.probs.astype("<f4").tobytes()
     elif isinstance(msg, Annotated):
         body = {"frame": _frame_wire(msg.frame), "results": [r.to_wire() for r in msg.results]}
+    elif isinstance(msg, Skip):
+        body = {"run": msg.run, "job": msg.job, "reason": msg.reason}
     elif isinstance(msg, Heartbeat):
         body = {"stage": msg.stage, "instance": msg.instance, "t": msg.t, "interval": msg.interval,
                 "counters": msg.counters, "status": msg.status, "detail": msg.detail}
@@ -387,6 +402,9 @@ def decode(data: bytes, expect: str | None = None) -> Message:
             raise MessageError(f"annotated.results: {len(results)} faces, at most {MAX_FACES}")
         return Annotated(frame=_decode_frame(d.get("frame"), "annotated.frame"),
                          results=[_decode_result(r, f"annotated.results[{i}]") for i, r in enumerate(results)])
+    if kind == "skip":
+        return Skip(run=_get(d, "run", int, "skip"), job=_get(d, "job", int, "skip"),
+                    reason=_text(d, "reason", "skip", limit=32))
     counters = _get(d, "counters", dict, "heartbeat")
     if len(counters) > MAX_COUNTERS or not all(
             isinstance(k, str) and len(k) <= 64 and isinstance(v, int) and not isinstance(v, bool)

@@ -14,7 +14,7 @@ from shared import bus
 from shared.config import Config
 from shared.guard import Guard
 from shared.images import ImageError, ImageLimits, decode_image
-from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, decode, encode
+from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, Skip, decode, encode
 from services.annotate.draw import annotate
 from services.annotate.sink import Reorderer, Tracker, face_results
 
@@ -41,11 +41,15 @@ class AnnotateStage:
 
     def push(self, data: bytes, now: float) -> list[Annotated]:
         try:
-            preds = decode(data, expect="predictions")
+            msg = decode(data)
+            if not isinstance(msg, (Predictions, Skip)):
+                raise MessageError(f"expected a 'predictions' or 'skip' message, got {msg.kind!r}")
         except MessageError as exc:
             self.guard.bad("bad_messages", exc)
             return []
-        return self._render_all(self.reorder.push(preds, now))
+        if isinstance(msg, Skip):
+            return self._render_all(self.reorder.skip(msg.run, msg.job, now))
+        return self._render_all(self.reorder.push(msg, now))
 
     def poll(self, now: float) -> list[Annotated]:
         self.forget_idle_sources(now)

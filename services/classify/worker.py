@@ -13,7 +13,7 @@ from shared import bus
 from shared.config import Config
 from shared.guard import Guard
 from shared.labels import NUM_CLASSES
-from shared.messages import Faces, MessageError, Predictions, decode, encode
+from shared.messages import Faces, MessageError, Predictions, Skip, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,20 @@ def handle(model: Model, data: bytes, counters: Counter, max_lag_s: float = 0.0,
     if max_lag_s > 0 and now - faces.frame.t_capture > max_lag_s:
         counters["stale"] += 1
         return None
+    return classify_checked(model, faces, counters, guard)
+
+
+def stale_skip(data: bytes) -> Optional[Skip]:
+    """The Skip that stands for an unclassified faces message (None if it is not a valid one)."""
+    try:
+        faces = decode(data, expect="faces")
+    except MessageError:
+        return None
+    return Skip(run=faces.run, job=faces.job, reason="stale")
+
+
+def classify_checked(model: Model, faces: Faces, counters: Counter, guard: Guard) -> Optional[Predictions]:
+    """classify(), with a model output that is not a probability counted (``bad_outputs``) and dropped."""
     try:
         preds = classify(model, faces)
     except MessageError as exc:
@@ -67,17 +81,27 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
     try:
         while not should_stop():
             hb.tick()
-            data = bus.recv_nowait(pull, 100)
-            if data is None:
+            queued = bus.recv_all(pull, 100)
+            if not queued:
                 continue
             t_recv = time.time()
-            hb.counters["frames_in"] += 1
+            hb.counters["frames_in"] += len(queued)
             hb.note_input()
+            data = queued.pop()  # the newest; older ones queued behind a busy worker are too late now
             with guard.handling("a faces message"):
+                for old in queued:  # dropped unclassified: tell the sink not to wait for them
+                    hb.counters["stale"] += 1
+                    skip = stale_skip(old)
+                    if skip is not None:
+                        bus.send_within(push, encode(skip), 50)
+                stale_before = hb.counters["stale"]
                 preds = handle(model, data, hb.counters, cfg.max_lag_ms / 1e3, t_recv, guard)
-                del data
                 if preds is None:
+                    skip = stale_skip(data) if hb.counters["stale"] > stale_before else None
+                    if skip is not None:
+                        bus.send_within(push, encode(skip), 50)
                     continue
+                del data, queued
                 preds.frame.stamps.append(("classify", t_recv, time.time()))
                 if bus.send_within(push, encode(preds), 200):
                     hb.counters["frames_out"] += 1

@@ -89,6 +89,45 @@ def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bin
     return sock
 
 
+class Redialer:
+    """Reconnects a connecting socket whose connection libzmq gave up on.
+
+    libzmq reconnects by itself after a network error, but not after a protocol error, and a message
+    over ZMQ_MAXMSGSIZE is one: a peer that sent one oversized message would be cut off for good. This
+    watches the socket's monitor and dials an endpoint again when its connection closes.
+    ``check()`` is cheap (non-blocking); call it from the loop that owns the socket."""
+
+    def __init__(self, sock: zmq.Socket, endpoints: "list[str]") -> None:
+        self.sock, self.endpoints = sock, [e for e in endpoints if e]
+        self.mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.redials = 0
+
+    def check(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+        while True:
+            try:
+                ev = recv_monitor_message(self.mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ep = ev.get("endpoint", b"")
+            ep = ep.decode() if isinstance(ep, bytes) else str(ep)
+            if ep in self.endpoints:
+                try:
+                    self.sock.disconnect(ep)
+                except zmq.ZMQError:
+                    pass
+                self.sock.connect(ep)
+                self.redials += 1
+                log.info("reconnected %s after its connection closed", ep)
+
+    def close(self) -> None:
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.mon.close(0)
+
+
 # --- the pipeline's sockets, by role -----------------------------------------------------------
 def frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """XPUB (a PUB that also sees subscriptions), so capture can wait for detect: ``wait_for_subscriber``."""
@@ -191,8 +230,10 @@ class NewestReceiver:
     can separate transport (the hop) from waiting for the stage to be free (the stage's own time)."""
 
     def __init__(self, ctx: zmq.Context, make: "Callable[[], zmq.Socket]",
-                 key: "Optional[Callable[[bytes], object]]" = None, max_sources: int = 64) -> None:
+                 key: "Optional[Callable[[bytes], object]]" = None, max_sources: int = 64,
+                 endpoints: "Optional[list[str]]" = None) -> None:
         self._make, self._ctx, self._key, self.max_sources = make, ctx, key, max_sources
+        self._endpoints = list(endpoints or [])
         self._cond = threading.Condition()
         self._slots: dict[object, tuple[bytes, float, float]] = {}  # key -> (data, arrived, waiting since)
         self._skipped = 0
@@ -205,9 +246,11 @@ class NewestReceiver:
 
     def _loop(self) -> None:
         sock = self._make()
+        redial = Redialer(sock, self._endpoints)
         self._ready.set()
         try:
             while not self._stop:
+                redial.check()
                 if not sock.poll(50, zmq.POLLIN):
                     continue
                 data = sock.recv(copy=True)
@@ -224,6 +267,7 @@ class NewestReceiver:
                     self._slots[k] = (data, arrived, since)
                     self._cond.notify()
         finally:
+            redial.close()
             sock.close(0)
 
     def get(self, timeout_s: float) -> tuple[Optional[bytes], int]:

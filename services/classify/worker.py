@@ -77,10 +77,12 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "classify", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)
     guard = Guard(hb.counters, log, cfg.log_every_s)
+    redial = bus.Redialer(pull, [cfg.faces_endpoint])  # an oversized message must not cut detect off
     hb.tick(force=True)
     try:
         while not should_stop():
             hb.tick()
+            redial.check()
             queued = bus.recv_all(pull, 100)
             if not queued:
                 continue
@@ -109,5 +111,6 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
                     hb.counters["dropped_no_sink"] += 1
     finally:
         hb.tick(force=True)
+        redial.close()
         for s in (pull, push, hb.sock):
             s.close(0)

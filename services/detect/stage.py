@@ -93,7 +93,8 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
         should_stop: Callable[[], bool] = lambda: False) -> None:
     """SUB frames (newest only) -> detect -> PUSH faces to the classify workers, until Shutdown."""
     ctx = ctx or zmq.Context.instance()
-    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=source_key)
+    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=source_key,
+                                endpoints=[cfg.frames_endpoint, cfg.web_frames_endpoint])
     push = bus.faces_ventilator(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)

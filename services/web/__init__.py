@@ -98,7 +98,8 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         # Browsers send Origin on POSTs and WebSocket handshakes: a page elsewhere may not use them.
         if request.method == "POST" or request.path.startswith("/ws/"):
             origin = request.headers.get("Origin")
-            if not origin_allowed(origin, request.host, request.scheme, allowed_origins):
+            if not origin_allowed(origin, request.host, request.scheme, allowed_origins,
+                                  request.environ.get("SERVER_PORT")):
                 hub_ = app.extensions.get("ferlive.hub")
                 if hub_ is not None:
                     hub_.count("refused_origin")

@@ -55,11 +55,19 @@ def parse_origins(value: object) -> tuple[str, ...]:
     return tuple(str(o).strip().rstrip("/").lower() for o in items if str(o).strip())
 
 
-def origin_allowed(origin: Optional[str], host: str, scheme: str, allowed: tuple[str, ...]) -> bool:
-    """Same-origin by default; ``allowed`` adds origins (``*``: any). No Origin header: not a browser, allowed."""
+def origin_allowed(origin: Optional[str], host: str, scheme: str, allowed: tuple[str, ...],
+                   server_port: Optional[str] = None) -> bool:
+    """Same-origin by default; ``allowed`` adds origins (``*``: any). No Origin header: not a browser, allowed.
+
+    ``host`` is the request's Host header; when it names no port, ``server_port`` (the port the request
+    came in on) stands in, so ``Host: 127.0.0.1`` on port 8000 matches the origin ``http://127.0.0.1:8000``."""
     if origin is None:
         return True
     o = origin.strip().rstrip("/").lower()
     if "*" in allowed or o in allowed:
         return True
-    return o == f"{scheme}://{host}".lower()
+    own = host.strip().lower()
+    if server_port and not own.endswith("]") and ":" not in own.rsplit("]", 1)[-1]:
+        default = {"http": "80", "https": "443"}.get(scheme)
+        own = own if str(server_port) == default else f"{own}:{server_port}"
+    return o == f"{scheme}://{own}"

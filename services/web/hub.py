@@ -104,6 +104,7 @@ class PipelineHub:
 
     # ------------------------------------------------------------------ the one subscriber thread
     def _run(self) -> None:
+        redial = bus.Redialer(self._sub, [self.cfg.annotated_endpoint])
         poller = zmq.Poller()
         poller.register(self._sub, zmq.POLLIN)
         if self._hb is not None:
@@ -116,11 +117,13 @@ class PipelineHub:
                     break
                 raise
             with self.guard.handling("the pipeline's messages"):  # the hub thread must never die
+                redial.check()
                 if self._sub in ready:
                     self._drain_annotated()
                 if self._hb is not None and self._hb in ready:
                     self._drain_heartbeats()
                 self.expire(time.time())
+        redial.close()
 
     def count(self, name: str, n: int = 1) -> None:
         """Add to one of the web's counters (shown in /api/health under web.counters); thread-safe."""

@@ -166,3 +166,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def declared_size_jpeg(width: int, height: int) -> bytes:
+    """A valid 16x16 JPEG (a few hundred bytes) whose header declares ``width`` x ``height`` instead: what an
+    attacker sends to make a decoder allocate ``width*height*3`` bytes."""
+    small = np.full((16, 16, 3), 128, np.uint8)
+    small[4:12, 4:12] = 40
+    data = bytearray(encode_jpeg(small, 50))
+    i = data.index(b"\xff\xc0")  # baseline SOF0: FF C0, length (2), precision (1), height (2), width (2)
+    data[i + 5:i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)

@@ -140,7 +140,8 @@ class Rig:
         self.port = free_port()
         self.cfg = pipeline_config(ema_alpha=1.0, heartbeat_interval=0.3, log_every_s=60.0)
         self.pipe = Pipeline(self.cfg, None, log_dir=tmp)
-        env = {**self.pipe_env(), "FERLIVE_PORT": str(self.port), "FERLIVE_WEB_MAX_CONCURRENT_DECODES": "4"}
+        env = {**self.pipe_env(), "FERLIVE_PORT": str(self.port), "FERLIVE_WEB_MAX_CONCURRENT_DECODES": "4",
+               "FERLIVE_WEB_TIMEOUT_S": "2"}
         self.web = subprocess.Popen([sys.executable, "-m", "services.web"], cwd=ROOT, env=env,
                                     stdout=open(tmp / "web.log", "wb"), stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -326,3 +327,15 @@ def test_stream_is_not_frozen_by_an_unknown_run_id(rig, good_frame, detector):
     t0 = time.time()
     _answers_correctly(rig, good_frame, detector, source="robust2", timeout=5.0)
     assert time.time() - t0 < 5.0
+
+
+@pytest.mark.slow
+def test_half_open_connections_are_closed(rig):
+    """A client that sends half a request and goes silent loses its connection (FERLIVE_WEB_TIMEOUT_S=2)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", rig.port), timeout=30) as s:
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")  # no blank line: the request never ends
+        t0 = time.time()
+        assert s.recv(1024) == b""  # closed by the server, not by this side's 30 s timeout
+        assert time.time() - t0 < 25
+    assert requests.get(rig.url + "/api/health", timeout=5).status_code == 200

@@ -146,12 +146,12 @@ def frames_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
 
 def faces_ventilator(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "PUSH", "faces_ventilator", cfg.faces_endpoint, bind=True, hwm=cfg.faces_hwm,
-                       sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
+                       sock_buf=cfg.faces_sock_buf, curve_dir=cfg.curve_dir)
 
 
 def faces_worker(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "PULL", "faces_worker", cfg.faces_endpoint, bind=False, hwm=cfg.faces_hwm,
-                       sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
+                       sock_buf=cfg.faces_sock_buf, max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
 
 
 def predictions_push(cfg: Config, ctx: zmq.Context) -> zmq.Socket:

@@ -49,6 +49,8 @@ class Config:
                                   "ago than this instead of classifying them late")
     heartbeat_interval: float = _f(1.0, "seconds between heartbeats")
     faces_hwm: int = _f(1, "high-water mark of detect's PUSH and each worker's PULL: frames queued per worker")
+    faces_sock_buf: int = _f(8192, "kernel buffers (bytes) of the detect->classify sockets: small, so no more "
+                                   "than about one frame waits per worker in the kernel either")
     max_msg_bytes: int = _f(4 * 1024 * 1024, "largest ZeroMQ message any stage accepts (ZMQ_MAXMSGSIZE); "
                                              "a peer sending more is disconnected")
     # --- untrusted input ----------------------------------------------------------------------

@@ -60,7 +60,10 @@ def test_honcho_runs_the_procfile_and_ctrl_c_stops_every_stage(tiny_model_dir, t
             try:
                 health = _get(url + "/api/health")
                 latest = _get(url + "/api/latest")
-                if health.get("ok") and latest.get("faces"):
+                # both workers up: each runs under its own supervisor, and on a loaded machine one may
+                # still be loading its model when the stream is already flowing through the other
+                if (health.get("ok") and latest.get("faces")
+                        and health["stages"]["classify"]["instances"] == 2):
                     break
             except OSError:
                 pass

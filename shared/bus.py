@@ -15,6 +15,11 @@
   busy, detect drops the frame and counts it instead of queueing.
 * Every socket has linger 0, so Ctrl-C never hangs, and a 100 ms..1 s reconnect interval, so a killed
   and restarted stage is back within a second or two (the binding side may restart too).
+* Nothing from a socket is trusted: every receiving socket has ZMQ_MAXMSGSIZE (``cfg.max_msg_bytes``;
+  64 kB for heartbeats and subscriptions), and a connecting one is watched by a ``Redialer`` because libzmq
+  does not reconnect after the protocol error an oversized message is. Detect->classify is PUSH->PULL with
+  a high-water mark of 1 (``cfg.faces_hwm``) and 8 kB kernel buffers, so about one frame waits per worker.
+* ``cfg.curve_dir`` turns on CURVE for every socket (``shared.keys``): the binding side is the server.
 
 For the web engineer:
     Browser frames: bind a PUB at ``cfg.web_frames_endpoint`` and send ``messages.Frame`` with a

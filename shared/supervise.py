@@ -112,7 +112,11 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         while True:
             t0 = time.monotonic()
-            self.child = self._spawn(self.cmd, preexec_fn=_child_setup)
+            try:
+                self.child = self._spawn(self.cmd, preexec_fn=_child_setup)
+            except OSError as exc:  # no such program: configuration, not a crash
+                log.error("cannot start %s: %s", self.cmd[0], exc)
+                return 2
             self._forward()  # a stop that came while it was starting
             code = self._wait(self.child)
             ran = time.monotonic() - t0
@@ -146,6 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         own, cmd = argv[:i], argv[i + 1:]
+    elif argv and argv[0].startswith("-"):
+        own, cmd = argv, []
     else:
         own, cmd = [], argv
     p = argparse.ArgumentParser(prog="python -m shared.supervise",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.web.testing import config_env, free_port, pipeline_config
+from services.web.testing import config_env, free_port, kill_processes_with_env, pipeline_config
 from shared.supervise import Backoff, Supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,8 +125,7 @@ def test_kill_9_of_any_stage_under_honcho_comes_back_alone(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        for pid in _stage_pids(port).values():
-            os.kill(pid, signal.SIGKILL)
+        kill_processes_with_env("FERLIVE_PORT", str(port))  # supervisors first: nothing restarts
     log.seek(0)
     out = log.read()
     assert "Traceback" not in out, out[-4000:]

@@ -177,3 +177,33 @@ def declared_size_jpeg(width: int, height: int) -> bytes:
     i = data.index(b"\xff\xc0")  # baseline SOF0: FF C0, length (2), precision (1), height (2), width (2)
     data[i + 5:i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """pids of this user's processes whose environment holds ``key=value`` (a test's own FERLIVE_PORT)."""
+    want, out = f"{key}={value}".encode(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if want in (entry / "environ").read_bytes().split(b"\0"):
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def kill_processes_with_env(key: str, value: str) -> None:
+    """SIGKILL every process started with ``key=value``, supervisors first (so nothing is restarted):
+    the cleanup of a test that started ``honcho start``, whose children live in sessions of their own."""
+    import signal
+    pids = [p for p in processes_with_env(key, value) if p != os.getpid()]
+    def cmd(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+    for pid in sorted(pids, key=lambda p: b"shared.supervise" not in cmd(p)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -5,6 +5,12 @@ one process (no ZeroMQ) so the bus's cost is visible.
     python benchmarks/pipeline.py                        # full run (~2 min; wants an idle machine)
     python benchmarks/pipeline.py --seconds 3 --workers 1 2 --faces 1   # a quick check
     python benchmarks/pipeline.py --model-dir runs/x/model --json out.json
+    python benchmarks/pipeline.py --classify-ms-per-face 12 --faces 1 4 --workers 1 --no-single   # classify slow
+
+``--classify-ms-per-face`` runs the workers as ``benchmarks/slow_classify.py`` (the real worker plus a sleep
+per face), so classify is the slow stage on any machine; ``--env KEY=VALUE`` passes settings to every stage
+(e.g. ``--env FERLIVE_FACES_HWM=4 --env FERLIVE_MAX_LAG_MS=0`` to see the queue that forms without the
+bounds). Each pipeline step reports capture -> web p50/p95 in its first and last quarter: flat means equal.
 
 Frames are real FER2013 faces (the sample CSV beside the checkout) upscaled into 640x480 frames, played
 from a looping video file by the real capture process. "latency" steps run capture at --fps (30);
@@ -70,7 +76,8 @@ def pct(xs, qs=(50, 95, 99)) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------- multi-process
-def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds: float, warmup: float = 2.0) -> dict:
+def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds: float, warmup: float = 2.0,
+                 classify_ms_per_face: float = 0.0, extra_env: dict | None = None) -> dict:
     """Start the four stages (+ workers) on ``video``, subscribe like the web, measure for ``seconds``."""
     d = tempfile.mkdtemp(prefix="flbench", dir="/tmp")
     names = ("frames", "web_frames", "faces", "predictions", "annotated", "heartbeat")
@@ -78,11 +85,17 @@ def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds:
                  source=str(video), loop=True, heartbeat_interval=0.5)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.update({"FERLIVE_" + k.upper(): str(v) for k, v in vars(cfg).items()})
+    env.update(extra_env or {})
+    env["FERLIVE_BENCH_CLASSIFY_MS_PER_FACE"] = str(classify_ms_per_face)
     ctx = zmq.Context()
     sub = bus.annotated_sub(cfg, ctx, hwm=1000)
     hbs = bus.heartbeat_sub(cfg, ctx)
     cmds = [["annotate"]] + [["classify"]] * workers + [["detect"]]
-    procs = [subprocess.Popen([sys.executable, "-m", f"services.{c[0]}"], cwd=ROOT, env=env,
+    def argv(stage: str) -> list[str]:
+        if stage == "classify" and classify_ms_per_face > 0:
+            return [sys.executable, str(ROOT / "benchmarks" / "slow_classify.py")]
+        return [sys.executable, "-m", f"services.{stage}"]
+    procs = [subprocess.Popen(argv(c[0]), cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=open(f"{d}/{c[0]}.log", "ab")) for c in cmds]
     up: set[tuple[str, str]] = set()
     t0 = time.time()
@@ -126,11 +139,13 @@ def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds:
     out = {"frames": len(rows), "fps": round(len(rows) / seconds, 1),
            "latency_ms": {k: pct([r[k] for r in rows if k in r]) for k in keys}}
     dropped = {f"{st}.{k}": v for (st, _), c in beats.items() for k, v in c.items()
-               if k in ("dropped", "dropped_busy", "skipped_slow", "stale", "skipped", "late")}
+               if k in ("dropped", "dropped_busy", "skipped_slow", "stale", "skipped", "late", "skipped_by_worker")}
     out["drops"] = dropped
     q = max(1, len(rows) // 4)  # latency must not grow with time: first vs last quarter of the window
     out["to_web_p50_first_last_quarter_ms"] = [pct([r["to_web"] for r in rows[:q]]).get("p50"),
                                                pct([r["to_web"] for r in rows[-q:]]).get("p50")]
+    out["to_web_p95_first_last_quarter_ms"] = [pct([r["to_web"] for r in rows[:q]]).get("p95"),
+                                               pct([r["to_web"] for r in rows[-q:]]).get("p95")]
     return out
 
 
@@ -168,6 +183,21 @@ def run_single(frames: list[np.ndarray], model_dir: str, seconds: float) -> dict
             "latency_ms": {"total": pct(totals), **{k: pct(v) for k, v in steps.items()}}}
 
 
+def cpu_model() -> dict:
+    """The CPU's model name and its vector extensions (from /proc/cpuinfo), for the results."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    vec = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
+    return {"model": model, "vector_extensions": vec, "cpus": os.cpu_count()}
+
+
 # ----------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -177,8 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--model-dir", default="", help="exported model ('' = bundled)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--classify-ms-per-face", type=float, default=0.0,
+                    help="make classify the slow stage: the worker sleeps this long per face after the model")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="setting for every stage")
+    ap.add_argument("--no-single", action="store_true", help="skip the single-process steps")
     args = ap.parse_args(argv)
-    results: dict = {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "steps": []}
+    extra_env = dict(e.split("=", 1) for e in args.env)
+    results: dict = {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "cpu": cpu_model(), "steps": [],
+                     "classify_ms_per_face": args.classify_ms_per_face, "env": extra_env}
     tmp = Path(tempfile.mkdtemp(prefix="flbenchv"))
 
     def report(step: dict) -> None:
@@ -188,18 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{step['name']:<34} {step['fps']:>6} fps  "
               f"total p50/p95/p99 {lat.get('to_web', lat.get('total'))}  hops p50 {hops}  "
               f"stages p50 { {k: lat[k].get('p50') for k in STAGES if k in lat} }"
-              + (f"  drift(p50 first/last quarter) {step['to_web_p50_first_last_quarter_ms']}"
+              + (f"  drift first/last quarter p50 {step['to_web_p50_first_last_quarter_ms']} "
+                 f"p95 {step['to_web_p95_first_last_quarter_ms']}  drops {step['drops']}"
                  if "to_web_p50_first_last_quarter_ms" in step else ""), flush=True)
 
     for n in args.faces:
         frames = make_frames(n)
         video = write_video(frames, tmp / f"faces{n}.avi")
-        report({"name": f"single-process {n} face(s)", "faces": n, **run_single(frames, args.model_dir, args.seconds)})
+        kw = dict(classify_ms_per_face=args.classify_ms_per_face, extra_env=extra_env)
+        if not args.no_single:
+            report({"name": f"single-process {n} face(s)", "faces": n,
+                    **run_single(frames, args.model_dir, args.seconds)})
         report({"name": f"pipeline {n} face(s) @{args.fps:g}fps 1 worker", "faces": n, "workers": 1,
-                "mode": "latency", **run_pipeline(video, args.model_dir, 1, args.fps, args.seconds)})
+                "mode": "latency", **run_pipeline(video, args.model_dir, 1, args.fps, args.seconds, **kw)})
         for w in args.workers:
             report({"name": f"pipeline {n} face(s) max-rate {w} worker(s)", "faces": n, "workers": w,
-                    "mode": "throughput", **run_pipeline(video, args.model_dir, w, 0.0, args.seconds)})
+                    "mode": "throughput", **run_pipeline(video, args.model_dir, w, 0.0, args.seconds, **kw)})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -15,6 +15,11 @@
   busy, detect drops the frame and counts it instead of queueing.
 * Every socket has linger 0, so Ctrl-C never hangs, and a 100 ms..1 s reconnect interval, so a killed
   and restarted stage is back within a second or two (the binding side may restart too).
+* Nothing from a socket is trusted: every receiving socket has ZMQ_MAXMSGSIZE (``cfg.max_msg_bytes``;
+  64 kB for heartbeats and subscriptions), and a connecting one is watched by a ``Redialer`` because libzmq
+  does not reconnect after the protocol error an oversized message is. Detect->classify is PUSH->PULL with
+  a high-water mark of 1 (``cfg.faces_hwm``) and 8 kB kernel buffers, so about one frame waits per worker.
+* ``cfg.curve_dir`` turns on CURVE for every socket (``shared.keys``): the binding side is the server.
 
 For the web engineer:
     Browser frames: bind a PUB at ``cfg.web_frames_endpoint`` and send ``messages.Frame`` with a
@@ -45,14 +50,26 @@ from shared.messages import Heartbeat, encode
 
 log = logging.getLogger(__name__)
 
+CONTROL_MAX_MSG = 65536
+"""ZMQ_MAXMSGSIZE of sockets that receive only small messages (heartbeats, subscriptions)."""
+
 _PATTERNS = {"XPUB": zmq.XPUB, "PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL}
 
 
 def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bind: bool, hwm: int,
-                sock_buf: int = 0) -> zmq.Socket:
-    """A socket of ``pattern`` (PUB/SUB/PUSH/PULL) named ``role``, bound or connected to ``endpoint``."""
+                sock_buf: int = 0, max_msg: int = 0, curve_dir: str = "") -> zmq.Socket:
+    """A socket of ``pattern`` (PUB/SUB/PUSH/PULL) named ``role``, bound or connected to ``endpoint``.
+
+    ``max_msg`` > 0 sets ZMQ_MAXMSGSIZE: a peer that sends a bigger message is disconnected before the
+    message is buffered (every receiving socket of the pipeline sets it). ``curve_dir``: encrypt and
+    authenticate with the CURVE keys there (``shared.keys``)."""
     sock = ctx.socket(_PATTERNS[pattern])
     sock.setsockopt(zmq.LINGER, 0)
+    if max_msg > 0:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
+    if curve_dir:
+        from shared.keys import apply_curve
+        apply_curve(sock, ctx, curve_dir, server=bind)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -77,60 +94,103 @@ def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bin
     return sock
 
 
+class Redialer:
+    """Reconnects a connecting socket whose connection libzmq gave up on.
+
+    libzmq reconnects by itself after a network error, but not after a protocol error, and a message
+    over ZMQ_MAXMSGSIZE is one: a peer that sent one oversized message would be cut off for good. This
+    watches the socket's monitor and dials an endpoint again when its connection closes.
+    ``check()`` is cheap (non-blocking); call it from the loop that owns the socket."""
+
+    def __init__(self, sock: zmq.Socket, endpoints: "list[str]") -> None:
+        self.sock, self.endpoints = sock, [e for e in endpoints if e]
+        self.mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.redials = 0
+
+    def check(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+        while True:
+            try:
+                ev = recv_monitor_message(self.mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ep = ev.get("endpoint", b"")
+            ep = ep.decode() if isinstance(ep, bytes) else str(ep)
+            if ep in self.endpoints:
+                try:
+                    self.sock.disconnect(ep)
+                except zmq.ZMQError:
+                    pass
+                self.sock.connect(ep)
+                self.redials += 1
+                log.info("reconnected %s after its connection closed", ep)
+
+    def close(self) -> None:
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.mon.close(0)
+
+
 # --- the pipeline's sockets, by role -----------------------------------------------------------
 def frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """XPUB (a PUB that also sees subscriptions), so capture can wait for detect: ``wait_for_subscriber``."""
     return make_socket(ctx, "XPUB", "frames_pub", cfg.frames_endpoint, bind=True, hwm=cfg.pub_hwm,
-                       sock_buf=cfg.sock_buf)
+                       sock_buf=cfg.sock_buf, max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir)
 
 
 def frames_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """Detect's SUB: connects to capture's frames and to the web's browser frames (``web_frames_endpoint``)."""
     sock = make_socket(ctx, "SUB", "frames_sub", cfg.frames_endpoint, bind=False, hwm=cfg.pub_hwm,
-                       sock_buf=cfg.sock_buf)
+                       sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
     if cfg.web_frames_endpoint:
         sock.connect(cfg.web_frames_endpoint)
     return sock
 
 
 def faces_ventilator(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PUSH", "faces_ventilator", cfg.faces_endpoint, bind=True, hwm=cfg.push_hwm,
-                       sock_buf=cfg.sock_buf)
+    return make_socket(ctx, "PUSH", "faces_ventilator", cfg.faces_endpoint, bind=True, hwm=cfg.faces_hwm,
+                       sock_buf=cfg.faces_sock_buf, curve_dir=cfg.curve_dir)
 
 
 def faces_worker(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PULL", "faces_worker", cfg.faces_endpoint, bind=False, hwm=cfg.push_hwm,
-                       sock_buf=cfg.sock_buf)
+    return make_socket(ctx, "PULL", "faces_worker", cfg.faces_endpoint, bind=False, hwm=cfg.faces_hwm,
+                       sock_buf=cfg.faces_sock_buf, max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
 
 
 def predictions_push(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "PUSH", "predictions_push", cfg.predictions_endpoint, bind=False,
-                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf)
+                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
 
 
 def predictions_sink(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "PULL", "predictions_sink", cfg.predictions_endpoint, bind=True,
-                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf)
+                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes,
+                       curve_dir=cfg.curve_dir)
 
 
 def annotated_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     return make_socket(ctx, "PUB", "annotated_pub", cfg.annotated_endpoint, bind=True, hwm=cfg.pub_hwm,
-                       sock_buf=cfg.sock_buf)
+                       sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
 
 
 def annotated_sub(cfg: Config, ctx: zmq.Context, hwm: Optional[int] = None) -> zmq.Socket:
     """The web's (or a test's) subscription to annotated frames."""
     return make_socket(ctx, "SUB", "annotated_sub", cfg.annotated_endpoint, bind=False,
-                       hwm=hwm or cfg.pub_hwm, sock_buf=cfg.sock_buf)
+                       hwm=hwm or cfg.pub_hwm, sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes,
+                       curve_dir=cfg.curve_dir)
 
 
 def heartbeat_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PUB", "heartbeat_pub", cfg.heartbeat_endpoint, bind=False, hwm=16)
+    return make_socket(ctx, "PUB", "heartbeat_pub", cfg.heartbeat_endpoint, bind=False, hwm=16,
+                       curve_dir=cfg.curve_dir)
 
 
 def heartbeat_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """The one collector of every stage's heartbeats (binds)."""
-    return make_socket(ctx, "SUB", "heartbeat_sub", cfg.heartbeat_endpoint, bind=True, hwm=1000)
+    return make_socket(ctx, "SUB", "heartbeat_sub", cfg.heartbeat_endpoint, bind=True, hwm=1000,
+                       max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir)
 
 
 def wait_for_subscriber(xpub: zmq.Socket, timeout_s: float, count: int = 1) -> bool:
@@ -175,8 +235,10 @@ class NewestReceiver:
     can separate transport (the hop) from waiting for the stage to be free (the stage's own time)."""
 
     def __init__(self, ctx: zmq.Context, make: "Callable[[], zmq.Socket]",
-                 key: "Optional[Callable[[bytes], object]]" = None) -> None:
-        self._make, self._ctx, self._key = make, ctx, key
+                 key: "Optional[Callable[[bytes], object]]" = None, max_sources: int = 64,
+                 endpoints: "Optional[list[str]]" = None) -> None:
+        self._make, self._ctx, self._key, self.max_sources = make, ctx, key, max_sources
+        self._endpoints = list(endpoints or [])
         self._cond = threading.Condition()
         self._slots: dict[object, tuple[bytes, float, float]] = {}  # key -> (data, arrived, waiting since)
         self._skipped = 0
@@ -189,9 +251,11 @@ class NewestReceiver:
 
     def _loop(self) -> None:
         sock = self._make()
+        redial = Redialer(sock, self._endpoints)
         self._ready.set()
         try:
             while not self._stop:
+                redial.check()
                 if not sock.poll(50, zmq.POLLIN):
                     continue
                 data = sock.recv(copy=True)
@@ -202,9 +266,13 @@ class NewestReceiver:
                     if k in self._slots:
                         self._skipped += 1
                         since = self._slots[k][2]  # the slot keeps its place in line
+                    elif len(self._slots) >= self.max_sources:  # bounded: a flood of source ids waits
+                        self._skipped += 1
+                        continue
                     self._slots[k] = (data, arrived, since)
                     self._cond.notify()
         finally:
+            redial.close()
             sock.close(0)
 
     def get(self, timeout_s: float) -> tuple[Optional[bytes], int]:
@@ -235,6 +303,20 @@ def recv_newest(sock: zmq.Socket, timeout_ms: int) -> tuple[Optional[bytes], int
             skipped += 1
         except zmq.Again:
             return data, skipped
+
+
+def recv_all(sock: zmq.Socket, timeout_ms: int, limit: int = 64) -> list[bytes]:
+    """Wait up to ``timeout_ms`` for a message, then take every message already queued (at most
+    ``limit``), oldest first; [] if none came."""
+    if not sock.poll(timeout_ms, zmq.POLLIN):
+        return []
+    out = [sock.recv(copy=True)]
+    while len(out) < limit:
+        try:
+            out.append(sock.recv(zmq.NOBLOCK, copy=True))
+        except zmq.Again:
+            break
+    return out
 
 
 def recv_nowait(sock: zmq.Socket, timeout_ms: int) -> Optional[bytes]:
@@ -280,8 +362,9 @@ class Heartbeater:
 
 
 # --- process plumbing ----------------------------------------------------------------------------
-class Shutdown(Exception):
-    """Raised in the main thread on SIGTERM/SIGINT so a stage leaves its loop and closes its sockets."""
+class Shutdown(BaseException):
+    """Raised in the main thread on SIGTERM/SIGINT so a stage leaves its loop and closes its sockets
+    (a BaseException, like KeyboardInterrupt, so a loop's ``except Exception`` never swallows it)."""
 
 
 def install_signal_handlers() -> None:

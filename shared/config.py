@@ -45,8 +45,23 @@ class Config:
     pub_hwm: int = _f(2, "high-water mark (messages) of PUB/SUB sockets; live data beyond it is dropped")
     push_hwm: int = _f(2, "high-water mark (messages) of PUSH/PULL sockets, per peer")
     sock_buf: int = _f(65536, "kernel send/receive buffer (bytes) of data sockets; small keeps latency flat")
-    max_lag_ms: float = _f(500.0, "classify skips frames captured longer ago than this (overload shedding)")
+    max_lag_ms: float = _f(250.0, "latency budget: classify drops (and counts, 'stale') frames captured longer "
+                                  "ago than this instead of classifying them late")
     heartbeat_interval: float = _f(1.0, "seconds between heartbeats")
+    faces_hwm: int = _f(1, "high-water mark of detect's PUSH and each worker's PULL: frames queued per worker")
+    faces_sock_buf: int = _f(8192, "kernel buffers (bytes) of the detect->classify sockets: small, so no more "
+                                   "than about one frame waits per worker in the kernel either")
+    max_msg_bytes: int = _f(4 * 1024 * 1024, "largest ZeroMQ message any stage accepts (ZMQ_MAXMSGSIZE); "
+                                             "a peer sending more is disconnected")
+    # --- untrusted input ----------------------------------------------------------------------
+    max_image_pixels: int = _f(12_000_000, "images whose header declares more pixels are refused before "
+                                           "decoding (detect, /api/predict, /ws/frames)")
+    min_image_side: int = _f(16, "images with a side under this many pixels are refused")
+    log_every_s: float = _f(10.0, "a kind of bad input is logged at most once per this many seconds")
+    # --- ZeroMQ CURVE (optional: stages on several hosts) ---------------------------------------
+    curve_dir: str = _f("", "folder with the keys from `python -m shared.keys DIR` (server.key_secret, "
+                            "client.key_secret and the public *.key): every socket encrypts and "
+                            "authenticates ('' = plain TCP)")
     # --- capture ------------------------------------------------------------------------------
     source: str = _f("demo", "camera index (0), video file, stream URL (rtsp://, http://) or 'demo'")
     source_id: str = _f("", "name of the source in messages (default: the source itself)")
@@ -90,6 +105,13 @@ class Config:
             raise ConfigError("reorder_window must be >= 1")
         if self.fps < 0:
             raise ConfigError("fps must be >= 0")
+        if self.faces_hwm < 1:
+            raise ConfigError("faces_hwm must be >= 1 (0 would mean an unbounded queue)")
+        if self.max_msg_bytes < 65536:
+            raise ConfigError(f"max_msg_bytes={self.max_msg_bytes}: at least 65536 (a frame must fit)")
+        if self.min_image_side < 8 or self.max_image_pixels < max(self.width * self.height, self.min_image_side ** 2):
+            raise ConfigError(f"max_image_pixels={self.max_image_pixels} / min_image_side={self.min_image_side}: "
+                              "need min_image_side >= 8 and max_image_pixels >= width*height")
 
     # ----------------------------------------------------------------------------------------------
     @classmethod

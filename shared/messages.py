@@ -7,6 +7,8 @@ Kinds and who sends them (see shared/bus.py for the sockets):
     predictions  classify -> annotate    Predictions: the faces + probabilities float32 (N,7), EMOTIONS order
     annotated    annotate -> web         Annotated: the annotated JPEG + one FaceResult per face
     heartbeat    every stage -> web      Heartbeat: a stage's counters and status, once per interval
+    skip         classify -> annotate    Skip: a job dropped unclassified (older than the latency budget),
+                                         so the sink does not wait for it (schema version 2)
 
 Every message carries the frame it is about; ``frame.stamps`` is a list of ``(stage, t_recv, t_send)``
 (``time.time()`` seconds) that each stage appends to, so ``latencies(msg)`` gives the time spent in each
@@ -15,11 +17,18 @@ stage and on each hop from any message. Capture's stamp is ``("capture", t_grab,
 Wire format: a msgpack map ``{"v": SCHEMA_VERSION, "kind": ..., ...fields}``. Arrays travel as raw
 little-endian bytes next to a face count ``n``; decode checks the kind, the version, every field's type and
 every array's size, and raises ``MessageError`` naming the field. A schema change bumps ``SCHEMA_VERSION``.
+
+Every message comes from a socket someone else may write to, so decode also checks values: numbers are
+finite, probabilities and scores lie in [0, 1], sizes, counts and strings are bounded (``LIMITS``), a
+heartbeat names a known stage (``STAGES``), a frame carries a non-empty JPEG. Error texts quote at most
+a few dozen characters of the offending value, never the payload.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
+
+import math
 
 import msgpack
 import numpy as np
@@ -27,8 +36,19 @@ import numpy as np
 from shared.labels import EMOTIONS, NUM_CLASSES
 from shared.preprocess import FACE_SIZE
 
-SCHEMA_VERSION: int = 1
-KINDS: tuple[str, ...] = ("frame", "faces", "predictions", "annotated", "heartbeat")
+SCHEMA_VERSION: int = 2
+KINDS: tuple[str, ...] = ("frame", "faces", "predictions", "annotated", "heartbeat", "skip")
+STAGES: tuple[str, ...] = ("capture", "detect", "classify", "annotate")
+"""The stages that send heartbeats; a heartbeat naming any other stage is refused."""
+
+MAX_SIDE = 16384
+"""Largest frame side a message may claim (the decoders' own pixel cap is applied on top)."""
+MAX_FACES = 256
+MAX_STAMPS = 32
+MAX_ID_CHARS = 128
+MAX_COUNTERS = 64
+MAX_DETAIL_CHARS = 512
+MAX_BOX_COORD = 1 << 20
 
 BROWSER_PREFIX = "browser-"
 """Source ids of browsers' own cameras (the web stage names them). Their results go back to that browser
@@ -40,6 +60,12 @@ Stamp = tuple[str, float, float]
 
 class MessageError(ValueError):
     """A message that cannot be decoded or does not match the schema; the text names the problem."""
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error texts never carry a whole payload."""
+    text = repr(value) if not isinstance(value, (bytes, bytearray)) else f"<{len(value)} bytes>"
+    return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
 
 
 # ----------------------------------------------------------------------------------------- dataclasses
@@ -74,6 +100,8 @@ class Faces:
         self.crops = _array(self.crops, np.uint8, (FACE_SIZE, FACE_SIZE), "faces.crops")
         if len(self.boxes_xywh) != len(self.crops):
             raise MessageError(f"faces: {len(self.boxes_xywh)} boxes but {len(self.crops)} crops")
+        if len(self.boxes_xywh) > MAX_FACES:
+            raise MessageError(f"faces: {len(self.boxes_xywh)} faces, at most {MAX_FACES}")
 
     def __len__(self) -> int:
         return len(self.boxes_xywh)
@@ -91,6 +119,9 @@ class Predictions:
         self.probs = _array(self.probs, np.float32, (NUM_CLASSES,), "predictions.probs")
         if len(self.probs) != len(self.faces):
             raise MessageError(f"predictions: {len(self.probs)} rows of probs for {len(self.faces)} faces")
+        if self.probs.size and not (np.isfinite(self.probs).all() and self.probs.min() >= 0.0
+                                    and self.probs.max() <= 1.0 + 1e-4):
+            raise MessageError("predictions.probs: every probability must be a finite number in [0, 1]")
 
     @property
     def frame(self) -> Frame:
@@ -138,7 +169,18 @@ class Heartbeat:
     kind: ClassVar[str] = "heartbeat"
 
 
-Message = Union[Frame, Faces, Predictions, Annotated, Heartbeat]
+@dataclass
+class Skip:
+    """Detect's job ``job`` of run ``run`` was dropped by a worker without a result (``reason``: "stale",
+    older than the latency budget): the sink moves past it instead of waiting for it."""
+
+    run: int
+    job: int
+    reason: str = "stale"
+    kind: ClassVar[str] = "skip"
+
+
+Message = Union[Frame, Faces, Predictions, Annotated, Heartbeat, Skip]
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -165,8 +207,8 @@ def frame_of(msg: Message) -> Frame:
     """The frame a message is about."""
     if isinstance(msg, Frame):
         return msg
-    if isinstance(msg, Heartbeat):
-        raise MessageError("heartbeat: carries no frame")
+    if isinstance(msg, (Heartbeat, Skip)):
+        raise MessageError(f"{msg.kind}: carries no frame")
     return msg.frame
 
 
@@ -217,6 +259,8 @@ def encode(msg: Message) -> bytes:
         body["probs"] = msg.probs.astype("<f4").tobytes()
     elif isinstance(msg, Annotated):
         body = {"frame": _frame_wire(msg.frame), "results": [r.to_wire() for r in msg.results]}
+    elif isinstance(msg, Skip):
+        body = {"run": msg.run, "job": msg.job, "reason": msg.reason}
     elif isinstance(msg, Heartbeat):
         body = {"stage": msg.stage, "instance": msg.instance, "t": msg.t, "interval": msg.interval,
                 "counters": msg.counters, "status": msg.status, "detail": msg.detail}
@@ -239,23 +283,46 @@ def _get(d: dict, key: str, typ: type, where: str) -> Any:
         isinstance(v, typ) and not (typ is int and isinstance(v, bool)))
     if not ok:
         raise MessageError(f"{where}.{key}: expected {_TYPE_NAMES[typ]}, got {type(v).__name__}")
-    return float(v) if typ is float else v
+    if typ is float:
+        v = float(v)
+        if not math.isfinite(v):
+            raise MessageError(f"{where}.{key}: {v} is not a finite number")
+    return v
+
+
+def _text(d: dict, key: str, where: str, limit: int = MAX_ID_CHARS, empty: bool = True) -> str:
+    v = _get(d, key, str, where)
+    if len(v) > limit or (not empty and not v):
+        raise MessageError(f"{where}.{key}: {'empty' if not v else f'{len(v)} characters'}, expected "
+                           f"{'1' if not empty else '0'}..{limit}")
+    return v
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _decode_frame(d: Any, where: str) -> Frame:
     if not isinstance(d, dict):
         raise MessageError(f"{where}: expected a map, got {type(d).__name__}")
     stamps = []
-    for i, s in enumerate(_get(d, "stamps", list, where)):
-        if (not isinstance(s, list) or len(s) != 3 or not isinstance(s[0], str)
-                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in s[1:])):
-            raise MessageError(f"{where}.stamps[{i}]: expected [stage, t_recv, t_send], got {s!r}")
+    raw_stamps = _get(d, "stamps", list, where)
+    if len(raw_stamps) > MAX_STAMPS:
+        raise MessageError(f"{where}.stamps: {len(raw_stamps)} stamps, at most {MAX_STAMPS}")
+    for i, s in enumerate(raw_stamps):
+        if (not isinstance(s, list) or len(s) != 3 or not isinstance(s[0], str) or len(s[0]) > 32
+                or not all(_finite(t) for t in s[1:])):
+            raise MessageError(f"{where}.stamps[{i}]: expected [stage, t_recv, t_send], got {brief(s)}")
         stamps.append((s[0], float(s[1]), float(s[2])))
-    frame = Frame(source_id=_get(d, "source_id", str, where), seq=_get(d, "seq", int, where),
+    frame = Frame(source_id=_text(d, "source_id", where, empty=False), seq=_get(d, "seq", int, where),
                   t_capture=_get(d, "t_capture", float, where), jpeg=_get(d, "jpeg", bytes, where),
                   width=_get(d, "width", int, where), height=_get(d, "height", int, where), stamps=stamps)
-    if frame.width <= 0 or frame.height <= 0:
-        raise MessageError(f"{where}: frame size {frame.width}x{frame.height} must be positive")
+    if not (0 < frame.width <= MAX_SIDE and 0 < frame.height <= MAX_SIDE):
+        raise MessageError(f"{where}: frame size {frame.width}x{frame.height}, each side must be positive and at most {MAX_SIDE}")
+    if not 0 <= frame.seq < 1 << 63:
+        raise MessageError(f"{where}.seq: {frame.seq} is not a sequence number (0..2**63-1)")
+    if not frame.jpeg:
+        raise MessageError(f"{where}.jpeg: empty; a frame carries its image as JPEG bytes")
     return frame
 
 
@@ -269,8 +336,8 @@ def _buffer(d: dict, key: str, n: int, per_item: int, dtype: str, tail: tuple[in
 
 def _decode_faces(d: dict, where: str) -> Faces:
     n = _get(d, "n", int, where)
-    if n < 0:
-        raise MessageError(f"{where}.n: negative face count {n}")
+    if not 0 <= n <= MAX_FACES:
+        raise MessageError(f"{where}.n: {'negative ' if n < 0 else ''}face count {n}, expected 0..{MAX_FACES}")
     boxes = _buffer(d, "boxes_xywh", n, 16, "<i4", (4,), where).astype(np.int32)
     crops = _buffer(d, "crops", n, FACE_SIZE * FACE_SIZE, "u1", (FACE_SIZE, FACE_SIZE), where)
     return Faces(frame=_decode_frame(d.get("frame"), f"{where}.frame"), boxes_xywh=boxes, crops=crops,
@@ -279,8 +346,9 @@ def _decode_faces(d: dict, where: str) -> Faces:
 
 def _scores(v: Any, where: str) -> dict[str, float]:
     if not isinstance(v, dict) or set(v) != set(EMOTIONS) or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()):
-        raise MessageError(f"{where}: expected a map of the 7 EMOTIONS to numbers, got {v!r}")
+            _finite(x) and 0.0 <= x <= 1.0 + 1e-4 for x in v.values()):
+        raise MessageError(f"{where}: expected a map of the 7 EMOTIONS to finite numbers in [0, 1], "
+                           f"got {brief(v)}")
     return {k: float(v[k]) for k in EMOTIONS}
 
 
@@ -288,11 +356,12 @@ def _decode_result(r: Any, where: str) -> FaceResult:
     if not isinstance(r, dict):
         raise MessageError(f"{where}: expected a map, got {type(r).__name__}")
     box = _get(r, "box_xywh", list, where)
-    if len(box) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) for x in box):
-        raise MessageError(f"{where}.box_xywh: expected 4 ints, got {box!r}")
+    if len(box) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) and abs(x) <= MAX_BOX_COORD
+                                for x in box):
+        raise MessageError(f"{where}.box_xywh: expected 4 ints, got {brief(box)}")
     emotion = _get(r, "emotion", str, where)
     if emotion not in EMOTIONS:
-        raise MessageError(f"{where}.emotion: {emotion!r} is not one of {EMOTIONS}")
+        raise MessageError(f"{where}.emotion: {brief(emotion)} is not one of {EMOTIONS}")
     return FaceResult(box_xywh=tuple(box), emotion=emotion,
                       scores=_scores(r.get("scores"), f"{where}.scores"),
                       raw_scores=_scores(r.get("raw_scores"), f"{where}.raw_scores"),
@@ -307,18 +376,18 @@ def decode(data: bytes, expect: str | None = None) -> Message:
     try:
         d = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise MessageError(f"not msgpack: {type(exc).__name__}: {exc}") from None
+        raise MessageError(f"not msgpack: {type(exc).__name__}: {str(exc)[:80]}") from None
     if not isinstance(d, dict):
         raise MessageError(f"expected a msgpack map, got {type(d).__name__}")
     version = d.get("v")
     if version != SCHEMA_VERSION:
-        raise MessageError(f"schema version {version!r}, this build reads version {SCHEMA_VERSION} "
+        raise MessageError(f"schema version {brief(version)}, this build reads version {SCHEMA_VERSION} "
                            "(restart every stage from one checkout)")
     kind = d.get("kind")
     if kind not in KINDS:
-        raise MessageError(f"unknown message kind {kind!r}; expected one of {KINDS}")
+        raise MessageError(f"unknown message kind {brief(kind)}; expected one of {KINDS}")
     if expect is not None and kind != expect:
-        raise MessageError(f"expected a {expect!r} message, got {kind!r}")
+        raise MessageError(f"expected a {expect!r} message, got {brief(kind)}")
     if kind == "frame":
         return _decode_frame(d, "frame")
     if kind == "faces":
@@ -329,13 +398,26 @@ def decode(data: bytes, expect: str | None = None) -> Message:
         return Predictions(faces=faces, probs=probs.astype(np.float32))
     if kind == "annotated":
         results = _get(d, "results", list, "annotated")
+        if len(results) > MAX_FACES:
+            raise MessageError(f"annotated.results: {len(results)} faces, at most {MAX_FACES}")
         return Annotated(frame=_decode_frame(d.get("frame"), "annotated.frame"),
                          results=[_decode_result(r, f"annotated.results[{i}]") for i, r in enumerate(results)])
+    if kind == "skip":
+        return Skip(run=_get(d, "run", int, "skip"), job=_get(d, "job", int, "skip"),
+                    reason=_text(d, "reason", "skip", limit=32))
     counters = _get(d, "counters", dict, "heartbeat")
-    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-               for k, v in counters.items()):
-        raise MessageError(f"heartbeat.counters: expected a map of str to int, got {counters!r}")
-    return Heartbeat(stage=_get(d, "stage", str, "heartbeat"), instance=_get(d, "instance", str, "heartbeat"),
-                     t=_get(d, "t", float, "heartbeat"), interval=_get(d, "interval", float, "heartbeat"),
-                     counters=counters, status=_get(d, "status", str, "heartbeat"),
-                     detail=_get(d, "detail", str, "heartbeat"))
+    if len(counters) > MAX_COUNTERS or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, int) and not isinstance(v, bool)
+            and 0 <= v < 1 << 63 for k, v in counters.items()):
+        raise MessageError(f"heartbeat.counters: expected at most {MAX_COUNTERS} names (str) to counts "
+                           f"(int >= 0), got {brief(counters)}")
+    stage = _get(d, "stage", str, "heartbeat")
+    if stage not in STAGES:
+        raise MessageError(f"heartbeat.stage: {brief(stage)} is not one of {STAGES}")
+    interval = _get(d, "interval", float, "heartbeat")
+    if not 0.0 < interval <= 3600.0:
+        raise MessageError(f"heartbeat.interval: {interval} s, expected (0, 3600]")
+    return Heartbeat(stage=stage, instance=_text(d, "instance", "heartbeat", empty=False),
+                     t=_get(d, "t", float, "heartbeat"), interval=interval,
+                     counters=counters, status=_text(d, "status", "heartbeat", limit=32),
+                     detail=_text(d, "detail", "heartbeat", limit=MAX_DETAIL_CHARS))

@@ -69,3 +69,67 @@ def test_worker_never_imports_tensorflow(tiny_model_dir):
             f"M({str(tiny_model_dir)!r}).predict_proba(np.zeros((2,48,48),np.uint8)); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class SlowModel:
+    """The real model, then a pause: classify as the slow stage."""
+
+    def __init__(self, model, pause_s: float):
+        self.model, self.pause_s = model, pause_s
+
+    def predict_proba(self, faces):
+        import time
+        out = self.model.predict_proba(faces)
+        time.sleep(self.pause_s)
+        return out
+
+
+def test_a_busy_worker_classifies_the_newest_job_and_skips_the_rest(model, sample_data):
+    """Jobs that queued while the worker was busy are not classified late: the newest is, the others go to
+    the sink as Skip messages (counted stale), and a job older than the budget is skipped too."""
+    import threading
+    import time
+
+    import zmq
+
+    from services.classify.worker import run
+    from services.web.testing import pipeline_config
+    from shared import bus
+    from shared.messages import Predictions, Skip
+
+    cfg = pipeline_config(max_lag_ms=400.0)
+    ctx = zmq.Context()
+    vent, sink = bus.faces_ventilator(cfg, ctx), bus.predictions_sink(cfg, ctx)
+    stop = threading.Event()
+    worker = threading.Thread(target=run, args=(cfg, SlowModel(model, 0.3), ctx, stop.is_set), daemon=True)
+    worker.start()
+    try:
+        def job(j: int, t_capture: float) -> bytes:
+            f = faces_msg(sample_data, 1, t_capture)
+            f.job, f.run = j, 77
+            return encode(f)
+        assert bus.send_within(vent, job(0, time.time()), 5000)   # keeps the worker busy for 0.3 s
+        time.sleep(0.1)
+        for j in (1, 2):
+            assert bus.send_within(vent, job(j, time.time()), 2000)
+        got: list = []
+        deadline = time.time() + 5
+        while time.time() < deadline and len(got) < 3:
+            if sink.poll(200):
+                got.append(decode(sink.recv()))
+        kinds = [(type(m).__name__, m.faces.job if isinstance(m, Predictions) else m.job) for m in got]
+        # Every job answered once, in order; job 1 or 2 is skipped (queued behind a busy worker, or over
+        # the budget once its turn came: which one depends on how far job 2 had travelled); nothing late.
+        assert [j for _, j in kinds] == [0, 1, 2] and kinds[0] == ("Predictions", 0), kinds
+        assert sorted(k for k, _ in kinds[1:]) == ["Predictions", "Skip"], kinds
+        for m in got:
+            if isinstance(m, Predictions):
+                stage, t_recv, _ = m.frame.stamps[-1]
+                assert stage == "classify" and t_recv - m.frame.t_capture <= 0.4
+        assert bus.send_within(vent, job(3, time.time() - 10), 2000)   # captured 10 s ago: over budget
+        msg = decode(sink.recv()) if sink.poll(3000) else None
+        assert isinstance(msg, Skip) and msg.job == 3 and msg.reason == "stale"
+    finally:
+        stop.set()
+        worker.join(5)
+        ctx.destroy(linger=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.web.testing import config_env, free_port, pipeline_config
+from services.web.testing import config_env, free_port, kill_processes_with_env, pipeline_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,10 @@ def test_honcho_runs_the_procfile_and_ctrl_c_stops_every_stage(tiny_model_dir, t
             try:
                 health = _get(url + "/api/health")
                 latest = _get(url + "/api/latest")
-                if health.get("ok") and latest.get("faces"):
+                # both workers up: each runs under its own supervisor, and on a loaded machine one may
+                # still be loading its model when the stream is already flowing through the other
+                if (health.get("ok") and latest.get("faces")
+                        and health["stages"]["classify"]["instances"] == 2):
                     break
             except OSError:
                 pass
@@ -82,6 +85,9 @@ def test_honcho_runs_the_procfile_and_ctrl_c_stops_every_stage(tiny_model_dir, t
         if proc.poll() is None or _session_members(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        # honcho's children run in sessions of their own: a failure must not leave them (and their
+        # supervisors, which would restart them) behind
+        kill_processes_with_env("FERLIVE_PORT", str(port))
     log.seek(0)
     out = log.read()
     assert "Traceback" not in out, out[-4000:]

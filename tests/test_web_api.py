@@ -128,12 +128,12 @@ def test_predict_agrees_with_the_pipeline_pieces(client, faces, detector, predic
 
 def test_huge_image_is_downscaled_and_boxes_come_back_in_its_pixels(client, faces):
     frame, boxes = place_faces(faces[:1], [(200, 100)])
-    big = cv2.resize(frame, (6400, 4800), interpolation=cv2.INTER_NEAREST)
+    big = cv2.resize(frame, (4000, 3000), interpolation=cv2.INTER_NEAREST)  # 12 MP: the pixel cap
     r = client.post("/api/predict", data=encode_jpeg(big, 60))
     assert r.status_code == 200, r.get_json()
     d = r.get_json()
-    assert (d["width"], d["height"]) == (6400, 4800)
-    check_faces(d, boxes, scale=10.0)
+    assert (d["width"], d["height"]) == (4000, 3000)
+    check_faces(d, boxes, scale=6.25)
 
 
 def test_no_face_is_an_empty_list(client):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from shared import bus
-from shared.config import Config
+from shared.config import Config, ConfigError
 from services.annotate.stage import run
 
 
@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
     except (bus.Shutdown, KeyboardInterrupt):
         pass
+    except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart
+        print(f"annotate: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,39 +12,57 @@ import zmq
 
 from shared import bus
 from shared.config import Config
-from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, decode, encode
 from shared.draw import annotate
-from services.annotate.sink import Reorderer, face_results
+from shared.guard import Guard
+from shared.images import ImageError, ImageLimits, decode_image
+from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, Skip, decode, encode
 from shared.tracking import Tracker
+from services.annotate.sink import Reorderer, face_results
 
 log = logging.getLogger(__name__)
 
 SOURCE_IDLE_S = 30.0
 """A source with no frame for this long loses its tracks (its tracker is rebuilt if it comes back)."""
+MAX_SOURCES = 64
+"""At most this many sources keep a tracker; beyond it the one silent longest is forgotten."""
 
 
 class AnnotateStage:
     """Predictions in (any order) -> Annotated out (frame order), one tracker per source."""
 
-    def __init__(self, cfg: Config, counters: Optional[Counter] = None) -> None:
+    def __init__(self, cfg: Config, counters: Optional[Counter] = None, guard: Optional[Guard] = None) -> None:
         self.cfg = cfg
         self.counters = counters if counters is not None else Counter()
+        self.guard = guard or Guard(self.counters, log, cfg.log_every_s)
         self.reorder = Reorderer(cfg.reorder_window, cfg.reorder_timeout_ms / 1e3, self.counters)
         self.trackers: dict[str, Tracker] = {}
+        self.limits = ImageLimits(max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side,
+                                  max_side=max(cfg.min_image_side, 16))
         self._last_seen: dict[str, float] = {}
 
     def push(self, data: bytes, now: float) -> list[Annotated]:
         try:
-            preds = decode(data, expect="predictions")
+            msg = decode(data)
+            if not isinstance(msg, (Predictions, Skip)):
+                raise MessageError(f"expected a 'predictions' or 'skip' message, got {msg.kind!r}")
         except MessageError as exc:
-            self.counters["bad_messages"] += 1
-            log.warning("dropped a message: %s", exc)
+            self.guard.bad("bad_messages", exc)
             return []
-        return [self.render(p, t) for t, p in self.reorder.push(preds, now)]
+        if isinstance(msg, Skip):
+            return self._render_all(self.reorder.skip(msg.run, msg.job, now))
+        return self._render_all(self.reorder.push(msg, now))
 
     def poll(self, now: float) -> list[Annotated]:
         self.forget_idle_sources(now)
-        return [self.render(p, t) for t, p in self.reorder.poll(now)]
+        return self._render_all(self.reorder.poll(now))
+
+    def _render_all(self, ready: list[tuple[float, Predictions]]) -> list[Annotated]:
+        """Render each released result; one that fails is counted and logged, the others still go."""
+        out = []
+        for t, p in ready:
+            with self.guard.handling("a result"):
+                out.append(self.render(p, t))
+        return out
 
     def forget_idle_sources(self, now: float) -> None:
         """Drop the tracks of sources silent for SOURCE_IDLE_S (browser cameras come and go)."""
@@ -55,12 +73,21 @@ class AnnotateStage:
     def render(self, preds: Predictions, t_recv: float) -> Annotated:
         frame = preds.frame
         self._last_seen[frame.source_id] = t_recv
+        if len(self._last_seen) > MAX_SOURCES:  # source ids come off the bus: bound what they cost
+            oldest = min(self._last_seen, key=self._last_seen.__getitem__)
+            self.trackers.pop(oldest, None)
+            del self._last_seen[oldest]
         tracker = self.trackers.setdefault(frame.source_id, Tracker(
             self.cfg.ema_alpha, self.cfg.iou_threshold, self.cfg.track_max_age))
         results = face_results(preds, tracker)
         jpeg = frame.jpeg
         if self.cfg.draw and not frame.source_id.startswith(BROWSER_PREFIX):  # browsers draw their own
-            img = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+            try:  # the header is checked against the message and the pixel cap before decoding
+                img = decode_image(frame.jpeg, self.limits, expect_wh=(frame.width, frame.height),
+                                   jpeg_only=True).frame_bgr
+            except ImageError as exc:
+                self.guard.bad("bad_frames", exc)
+                img = None
             if img is not None:
                 ok, buf = cv2.imencode(".jpg", annotate(img, results),
                                        [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
@@ -78,22 +105,27 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
     sink, pub = bus.predictions_sink(cfg, ctx), bus.annotated_pub(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "annotate", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)
-    stage = AnnotateStage(cfg, hb.counters)
+    guard = Guard(hb.counters, log, cfg.log_every_s)
+    stage = AnnotateStage(cfg, hb.counters, guard)
     poll_ms = max(1, int(cfg.reorder_timeout_ms / 4))
     try:
         while not should_stop():
             hb.tick()
             data = bus.recv_nowait(sink, poll_ms)
             now = time.time()
-            if data is not None:
-                hb.counters["frames_in"] += 1
-                hb.note_input()
-                out = stage.push(data, now)
-            else:
-                out = stage.poll(now)
+            out: list[Annotated] = []
+            with guard.handling("a predictions message"):
+                if data is not None:
+                    hb.counters["frames_in"] += 1
+                    hb.note_input()
+                    out = stage.push(data, now)
+                    del data
+                else:
+                    out = stage.poll(now)
             for ann in out:
-                if not bus.send_nowait(pub, encode(ann)):
-                    hb.counters["dropped"] += 1
+                with guard.handling("an annotated frame"):
+                    if not bus.send_nowait(pub, encode(ann)):
+                        hb.counters["dropped"] += 1
     finally:
         hb.tick(force=True)
         for s in (sink, pub, hb.sock):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from shared import bus
-from shared.config import Config
+from shared.config import Config, ConfigError
 from services.capture.stage import run
 
 
@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
     except (bus.Shutdown, KeyboardInterrupt):
         pass
+    except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart
+        print(f"capture: {exc}", file=sys.stderr)
+        return 2
     except FileNotFoundError as exc:
         print(f"capture: {exc}", file=sys.stderr)
         return 2

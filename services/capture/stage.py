@@ -12,6 +12,7 @@ import zmq
 
 from shared import bus
 from shared.config import Config
+from shared.guard import Guard
 from shared.messages import Frame, encode
 from services.capture.source import SourceError, fit_frame, open_source, parse_source
 
@@ -54,6 +55,7 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
     if cfg.wait_subscriber_s > 0 and not bus.wait_for_subscriber(pub, cfg.wait_subscriber_s, cfg.wait_subscribers):
         log.warning("no subscriber after %.1f s; sending anyway", cfg.wait_subscriber_s)
     backoff = Backoff(cfg.retry_max_s)
+    guard = Guard(hb.counters, log, cfg.log_every_s)
     period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
     src, seq, next_due = None, 0, time.time()
     next_file = next_due  # a file's own clock: its frames are due 1/native_fps apart
@@ -124,15 +126,16 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
             backoff.reset()
             t_grab = time.time()
             next_due = max(next_due + period, t_grab) if period else t_grab
-            msg = frame_message(fit_frame(frame, cfg.width, cfg.height), source_id, seq, t_grab,
-                                cfg.jpeg_quality)
-            t_send = time.time()
-            msg.stamps.append(("capture", t_grab, t_send))
-            if bus.send_nowait(pub, encode(msg)):
-                hb.counters["frames_out"] += 1
-            else:
-                hb.counters["dropped"] += 1
-            seq += 1
+            with guard.handling("a frame from the source"):  # a stream's odd frame is counted, not fatal
+                msg = frame_message(fit_frame(frame, cfg.width, cfg.height), source_id, seq, t_grab,
+                                    cfg.jpeg_quality)
+                t_send = time.time()
+                msg.stamps.append(("capture", t_grab, t_send))
+                if bus.send_nowait(pub, encode(msg)):
+                    hb.counters["frames_out"] += 1
+                else:
+                    hb.counters["dropped"] += 1
+                seq += 1
     finally:
         hb.tick(force=True)
         if src is not None:

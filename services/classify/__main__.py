@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from shared import bus
-from shared.config import Config
+from shared.config import Config, ConfigError
 from services.classify.worker import run
 
 
@@ -15,11 +15,18 @@ def main(argv: list[str] | None = None) -> int:
     bus.setup_logging(cfg, "classify")
     bus.install_signal_handlers()
     from shared.model import FacialExpressionModel  # TFLite via ai-edge-litert; never TensorFlow
-    model = FacialExpressionModel(path=cfg.model_dir or None)
+    try:
+        model = FacialExpressionModel(path=cfg.model_dir or None)
+    except (FileNotFoundError, ValueError) as exc:  # a bad --model-dir: final, not restarted
+        print(f"classify: cannot load the model: {exc}", file=sys.stderr)
+        return 2
     try:
         run(cfg, model)
     except (bus.Shutdown, KeyboardInterrupt):
         pass
+    except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart
+        print(f"classify: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from shared import bus
-from shared.config import Config
+from shared.config import Config, ConfigError
 from services.detect.stage import run
 
 
@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg, detector)
     except (bus.Shutdown, KeyboardInterrupt):
         pass
+    except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart
+        print(f"detect: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,13 +11,14 @@ import time
 from collections import Counter
 from typing import Callable, Optional, Protocol
 
-import cv2
 import msgpack
 import numpy as np
 import zmq
 
 from shared import bus
 from shared.config import Config
+from shared.guard import Guard
+from shared.images import ImageError, ImageLimits, decode_image
 from shared.messages import Faces, Frame, MessageError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,13 @@ class BadFrame(ValueError):
     """A frame message that decodes but cannot be used (corrupt JPEG, size differs from its header)."""
 
 
-def decode_frame(frame: Frame) -> np.ndarray:
-    """The frame's JPEG -> BGR array, checked against the size the message claims."""
-    img = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise BadFrame(f"frame {frame.source_id}#{frame.seq}: JPEG does not decode ({len(frame.jpeg)} bytes)")
-    if img.shape[:2] != (frame.height, frame.width):
-        raise BadFrame(f"frame {frame.source_id}#{frame.seq}: image is {img.shape[1]}x{img.shape[0]}, "
-                       f"message says {frame.width}x{frame.height}")
-    return img
+def decode_frame(frame: Frame, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """The frame's JPEG -> BGR array, checked against the size the message claims and against
+    ``limits`` (pixel cap, shortest side) from the JPEG header before anything is decoded."""
+    try:
+        return decode_image(frame.jpeg, limits, expect_wh=(frame.width, frame.height), jpeg_only=True).frame_bgr
+    except ImageError as exc:
+        raise BadFrame(f"frame {frame.source_id[:40]}#{frame.seq}: {exc}") from None
 
 
 def source_key(data: bytes) -> Optional[str]:
@@ -51,13 +50,22 @@ def source_key(data: bytes) -> Optional[str]:
         return None
 
 
+def image_limits(cfg: Config) -> ImageLimits:
+    """The frame limits of the config: pixel cap and shortest side (frames are never downscaled here)."""
+    return ImageLimits(max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side,
+                       max_side=max(cfg.min_image_side, 16))
+
+
 class DetectStage:
     """Turns frame bytes into Faces; counts bad input instead of failing. ``job`` numbers the Faces
     messages actually sent (``commit()`` after a send), ``run`` identifies this process's numbering."""
 
-    def __init__(self, detector: Detector, counters: Optional[Counter] = None) -> None:
+    def __init__(self, detector: Detector, counters: Optional[Counter] = None,
+                 limits: ImageLimits = ImageLimits(), guard: Optional[Guard] = None) -> None:
         self.detector = detector
         self.counters = counters if counters is not None else Counter()
+        self.limits = limits
+        self.guard = guard or Guard(self.counters, log)
         self.run = (os.getpid() << 20 | int(time.time() * 1000) & 0xFFFFF) & 0x7FFFFFFFFFFFFFFF
         self.job = 0
 
@@ -65,14 +73,12 @@ class DetectStage:
         """Frame bytes -> Faces (job = the next job number), or None (logged + counted) for bad input."""
         try:
             frame = decode(data, expect="frame")
-            frame_bgr = decode_frame(frame)
+            frame_bgr = decode_frame(frame, self.limits)
         except MessageError as exc:
-            self.counters["bad_messages"] += 1
-            log.warning("dropped a message: %s", exc)
+            self.guard.bad("bad_messages", exc)
             return None
         except BadFrame as exc:
-            self.counters["bad_frames"] += 1
-            log.warning("dropped a frame: %s", exc)
+            self.guard.bad("bad_frames", exc)
             return None
         det = self.detector.detect(frame_bgr, source_id=frame.source_id)  # per-source state, if any
         faces = Faces(frame=frame, boxes_xywh=det.boxes_xywh, crops=det.crops, job=self.job, run=self.run)
@@ -87,11 +93,13 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
         should_stop: Callable[[], bool] = lambda: False) -> None:
     """SUB frames (newest only) -> detect -> PUSH faces to the classify workers, until Shutdown."""
     ctx = ctx or zmq.Context.instance()
-    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=source_key)
+    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=source_key,
+                                endpoints=[cfg.frames_endpoint, cfg.web_frames_endpoint])
     push = bus.faces_ventilator(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)
-    stage = DetectStage(detector, hb.counters)
+    guard = Guard(hb.counters, log, cfg.log_every_s)
+    stage = DetectStage(detector, hb.counters, image_limits(cfg), guard)
     try:
         while not should_stop():
             hb.tick()
@@ -102,15 +110,17 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
             hb.counters["frames_in"] += 1
             hb.note_input()
             hb.counters["skipped_slow"] += skipped
-            faces = stage.handle(data)
-            if faces is None:
-                continue
-            faces.frame.stamps.append(("detect", t_recv, time.time()))
-            if bus.send_nowait(push, encode(faces)):
-                stage.commit()
-                hb.counters["frames_out"] += 1
-            else:
-                hb.counters["dropped_busy"] += 1  # every worker busy (or none): newest frames win
+            with guard.handling("a frame"):
+                faces = stage.handle(data)
+                del data  # nothing of one input outlives its handling
+                if faces is None:
+                    continue
+                faces.frame.stamps.append(("detect", t_recv, time.time()))
+                if bus.send_nowait(push, encode(faces)):
+                    stage.commit()
+                    hb.counters["frames_out"] += 1
+                else:
+                    hb.counters["dropped_busy"] += 1  # every worker busy (or none): newest frames win
     finally:
         hb.tick(force=True)
         newest.close()

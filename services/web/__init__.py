@@ -28,11 +28,18 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     FERLIVE (Config; default Config.from_env()), HUB (a PipelineHub, or False for none),
     PREDICTOR (an object with .predict(frame_bgr, scale)), MODEL_DIR (default Config.model_dir),
     MAX_CONTENT_LENGTH (bytes, default 10 MB), MAX_IMAGE_SIDE (px, default 1280),
-    WS_MAX_FRAME_BYTES (default 2 MB), WS_RESULT_TIMEOUT (s, default 2.0), MAX_VIDEO_BYTES (video jobs' uploads,
-    default 200 MB), JOBS_DIR (default a new temporary folder), JOBS_KEPT (finished jobs kept, default 20),
-    JOBS_EVERY (analyse every Nth frame of uploaded videos, default 1).
+    WS_MAX_FRAME_BYTES (default 2 MB), WS_RESULT_TIMEOUT (s, default 2.0),
+    MAX_CONCURRENT_DECODES (uploads + WebSocket frames decoded at once, default 8; 503 beyond),
+    ALLOWED_ORIGINS (origins besides this server's own allowed on POST routes and /ws/frames: a list or
+    a comma-separated string, "*" for any; default none), MAX_VIDEO_BYTES (video jobs' uploads, default
+    200 MB), JOBS_DIR (default a new temporary folder), JOBS_KEPT (finished jobs kept, default 20), JOBS_EVERY
+    (analyse every Nth frame of uploaded videos, default 1). The image pixel cap and shortest side come
+    from the Config (``max_image_pixels``, ``min_image_side``).
+    In production every key is also read from ``FERLIVE_WEB_<KEY>`` (values parsed as JSON).
     """
+    from services.web.guards import DecodeSlots, origin_allowed, parse_origins
     from services.web.hub import PipelineHub
+    from shared.images import ImageLimits
     from services.web.predictor import LazyPredictor, Predictor, read_card
     from shared.config import Config
     from shared.labels import EMOTIONS
@@ -52,6 +59,8 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         JOBS_DIR=None,
         JOBS_KEPT=20,
         JOBS_EVERY=1,
+        MAX_CONCURRENT_DECODES=8,
+        ALLOWED_ORIGINS="",
     )
     if test_config is None:
         # e.g. FERLIVE_WEB_MAX_CONTENT_LENGTH=20971520 (values are parsed as JSON)
@@ -66,6 +75,11 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     cfg = app.config["FERLIVE"] or Config.from_env()
     model_dir = app.config["MODEL_DIR"] or cfg.model_dir or None
     app.extensions["ferlive.config"] = cfg
+    app.extensions["ferlive.image_limits"] = ImageLimits(max_pixels=cfg.max_image_pixels,
+                                                         min_side=cfg.min_image_side,
+                                                         max_side=int(app.config["MAX_IMAGE_SIDE"]))
+    app.extensions["ferlive.decode_slots"] = DecodeSlots(int(app.config["MAX_CONCURRENT_DECODES"]))
+    allowed_origins = parse_origins(app.config["ALLOWED_ORIGINS"])
     hub = app.config["HUB"]
     if hub is None:
         hub = PipelineHub(cfg)
@@ -87,6 +101,20 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     @app.context_processor
     def _emotions() -> dict[str, Any]:
         return {"emotions": EMOTIONS, "max_mb": app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)}
+
+    @app.before_request
+    def _same_origin():
+        # Browsers send Origin on POSTs and WebSocket handshakes: a page elsewhere may not use them.
+        if request.method == "POST" or request.path.startswith("/ws/"):
+            origin = request.headers.get("Origin")
+            if not origin_allowed(origin, request.host, request.scheme, allowed_origins,
+                                  request.environ.get("SERVER_PORT")):
+                hub_ = app.extensions.get("ferlive.hub")
+                if hub_ is not None:
+                    hub_.count("refused_origin")
+                return jsonify(error=f"origin {origin[:100]!r} is not allowed: same-origin only "
+                                     "(FERLIVE_WEB_ALLOWED_ORIGINS lists others)", status=403), 403
+        return None
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

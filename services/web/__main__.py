@@ -16,9 +16,40 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 log = logging.getLogger("services.web")
+
+SERVER_NAME = "ferlive"
+"""The Server header: no framework or Python version for a scanner to match."""
+
+
+class RequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler with a plain Server header and a socket timeout (``timeout`` seconds per read or
+    write): an idle or half-open connection frees its thread instead of holding it forever. WebSockets
+    are unaffected (simple-websocket waits with select() and pings idle clients every 25 s)."""
+
+    timeout = 30.0
+
+    def version_string(self) -> str:
+        return SERVER_NAME
+
+
+def make_handler(timeout_s: float) -> type[RequestHandler]:
+    return type("RequestHandler", (RequestHandler,), {"timeout": timeout_s})
+
+
+def web_env() -> dict:
+    """FERLIVE_WEB_* settings (ALLOWED_ORIGINS, MAX_CONCURRENT_DECODES, ...): values parsed as JSON, else text."""
+    import json
+    out = {}
+    for k, v in os.environ.items():
+        if k.startswith("FERLIVE_WEB_") and k != "FERLIVE_WEB_FRAMES_ENDPOINT" and k != "FERLIVE_WEB_TIMEOUT_S":
+            try:
+                out[k[len("FERLIVE_WEB_"):]] = json.loads(v)
+            except ValueError:
+                out[k[len("FERLIVE_WEB_"):]] = v
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -35,9 +66,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cert", help="TLS certificate (PEM) to serve HTTPS; needs --key")
     parser.add_argument("--key", help="TLS private key (PEM) for --cert")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body in MB (413 beyond)")
+    parser.add_argument("--timeout-s", type=float, default=float(os.environ.get("FERLIVE_WEB_TIMEOUT_S", "30")),
+                        help="seconds a connection may stay silent in a read or write before it is closed "
+                             "(env FERLIVE_WEB_TIMEOUT_S; default 30)")
     Config.add_arguments(parser)
     ns = vars(parser.parse_args(argv))
     host, port, cert, key = ns.pop("host"), ns.pop("port"), ns.pop("cert"), ns.pop("key")
+    timeout_s = ns.pop("timeout_s")
+    if timeout_s <= 0:
+        parser.error("--timeout-s must be > 0")
     max_upload = int(ns.pop("max_upload_mb") * 1024 * 1024)
     if bool(cert) != bool(key):
         parser.error("--cert and --key go together")
@@ -49,8 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
                         format="%(asctime)s web[%(process)d] %(levelname)s %(name)s: %(message)s")
-    app = create_app({"FERLIVE": cfg, "MAX_CONTENT_LENGTH": max_upload})
-    server = make_server(host, port, app, threaded=True, ssl_context=(cert, key) if cert else None)
+    app = create_app({"FERLIVE": cfg, "MAX_CONTENT_LENGTH": max_upload, **web_env()})
+    server = make_server(host, port, app, threaded=True, ssl_context=(cert, key) if cert else None,
+                         request_handler=make_handler(timeout_s))
+    server._server_version = SERVER_NAME  # WSGI SERVER_SOFTWARE too
     scheme = "https" if cert else "http"
     log.info("serving on %s://%s:%d (annotated from %s)", scheme, host, server.server_port,
              cfg.annotated_endpoint)

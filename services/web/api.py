@@ -6,16 +6,20 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
+from services.web.guards import Saturated
 from services.web.hub import result_json
-from services.web.images import ImageError, decode_image
+from shared.images import ImageError, decode_image
 from shared.labels import EMOTIONS
 from shared.messages import BROWSER_PREFIX
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def _bad_request(message: str):
-    return jsonify(error=message, status=400), 400
+def _bad_request(message: str, status: int = 400):
+    hub = current_app.extensions["ferlive.hub"]
+    if hub is not None:
+        hub.count(f"predict_{status}")
+    return jsonify(error=message, status=status), status
 
 
 @bp.get("/latest")
@@ -80,10 +84,16 @@ def predict():
     """An image (multipart 'image' or raw JPEG/PNG body) -> faces with box, emotion and scores."""
     t0 = time.perf_counter()
     try:
-        data = _upload_bytes()
-        image = decode_image(data, max_side=current_app.config["MAX_IMAGE_SIDE"])
+        with current_app.extensions["ferlive.decode_slots"].slot():
+            data = _upload_bytes()
+            image = decode_image(data, current_app.extensions["ferlive.image_limits"])
+            del data
     except ImageError as exc:
-        return _bad_request(str(exc))
+        return _bad_request(str(exc), exc.status)
+    except Saturated as exc:
+        resp = _bad_request(str(exc), 503)
+        resp[0].headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
     t1 = time.perf_counter()
     try:
         predictor = current_app.extensions["ferlive.predictor"].get()

@@ -16,9 +16,10 @@ Per-stage latency p50/p95 comes from the stamps each stage appends to a frame (`
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -27,17 +28,23 @@ import zmq
 
 from shared import bus
 from shared.config import Config
-from shared.messages import BROWSER_PREFIX, Annotated, Frame, Heartbeat, MessageError, decode, encode, latencies
+from shared.guard import Guard
+from shared.messages import (BROWSER_PREFIX, STAGES, Annotated, Frame, Heartbeat, MessageError, decode, encode,
+                             latencies)
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("capture", "detect", "classify", "annotate")
+SOURCE_TTL_S = 60.0
+"""A source (or a stage instance) with nothing for this long is forgotten: per-source state expires."""
+MAX_SOURCES = 64
+"""At most this many sources and stage instances are kept; beyond it the oldest is forgotten."""
+_LATENCY_NAMES = frozenset(("web",) + STAGES)
 
 
 def web_frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
     """PUB (binds ``cfg.web_frames_endpoint``) of browser frames; detect's frames SUB connects to it too."""
     return bus.make_socket(ctx, "PUB", "web_frames_pub", cfg.web_frames_endpoint, bind=True,
-                           hwm=max(cfg.pub_hwm, 16), sock_buf=cfg.sock_buf)
+                           hwm=max(cfg.pub_hwm, 16), sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
 
 
 @dataclass
@@ -59,8 +66,13 @@ class SourceSlot:
 def result_json(msg: Annotated) -> list[dict[str, Any]]:
     """An annotated frame's faces as the API's JSON (box, emotion, smoothed scores, track id)."""
     return [{"box": list(r.box_xywh), "emotion": r.emotion,
-             "scores": {k: round(v, 4) for k, v in r.scores.items()}, "track_id": r.track_id}
+             "scores": {k: safe_score(v) for k, v in r.scores.items()}, "track_id": r.track_id}
             for r in msg.results]
+
+
+def safe_score(v: float) -> float:
+    """A score rounded for JSON; never NaN or infinite (decode refuses those; this is the last guard)."""
+    return round(v, 4) if math.isfinite(v) else 0.0
 
 
 class PipelineHub:
@@ -79,7 +91,9 @@ class PipelineHub:
         self._routes: dict[str, Callable[[Annotated], None]] = {}
         self._pub_lock = threading.Lock()
         self._stop = threading.Event()
-        self.bad_messages = 0
+        self.counters: Counter = Counter()
+        self.guard = Guard(self.counters, log, cfg.log_every_s)
+        self._last_expiry = 0.0
         self._browser_frames = 0
         # Sockets are created here but used only by the hub thread (the PUB: under _pub_lock).
         self._sub = bus.annotated_sub(cfg, self.ctx)
@@ -90,6 +104,7 @@ class PipelineHub:
 
     # ------------------------------------------------------------------ the one subscriber thread
     def _run(self) -> None:
+        redial = bus.Redialer(self._sub, [self.cfg.annotated_endpoint])
         poller = zmq.Poller()
         poller.register(self._sub, zmq.POLLIN)
         if self._hb is not None:
@@ -101,11 +116,34 @@ class PipelineHub:
                 if self._stop.is_set():
                     break
                 raise
-            if self._sub in ready:
-                self._drain_annotated()
-            if self._hb is not None and self._hb in ready:
-                self._drain_heartbeats()
+            with self.guard.handling("the pipeline's messages"):  # the hub thread must never die
+                redial.check()
+                if self._sub in ready:
+                    self._drain_annotated()
+                if self._hb is not None and self._hb in ready:
+                    self._drain_heartbeats()
+                self.expire(time.time())
+        redial.close()
 
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to one of the web's counters (shown in /api/health under web.counters); thread-safe."""
+        with self._cond:
+            self.counters[name] += n
+
+    @property
+    def bad_messages(self) -> int:
+        return self.counters["bad_messages"]
+
+    def expire(self, now: float) -> None:
+        """Forget sources and stage instances silent for SOURCE_TTL_S (checked about once a second)."""
+        if now - self._last_expiry < 1.0:
+            return
+        self._last_expiry = now
+        with self._cond:
+            for k in [k for k, s in self._slots.items() if now - s.t_recv > SOURCE_TTL_S]:
+                del self._slots[k]
+            for k in [k for k, (t, _) in self._hearts.items() if now - t > SOURCE_TTL_S]:
+                del self._hearts[k]
     def _drain_annotated(self) -> None:
         # Every message is decoded (browser sources need each of theirs); the slot keeps the newest only.
         while True:
@@ -117,10 +155,10 @@ class PipelineHub:
             try:
                 msg = decode(data, expect="annotated")
             except MessageError as exc:
-                self.bad_messages += 1
-                log.warning("annotated: dropped a bad message: %s", exc)
+                self.guard.bad("bad_messages", f"annotated: {exc}")
                 continue
-            self._on_annotated(msg, now)
+            with self.guard.handling("an annotated frame"):
+                self._on_annotated(msg, now)
 
     def _on_annotated(self, msg: Annotated, now: float) -> None:
         source = msg.frame.source_id
@@ -131,12 +169,15 @@ class PipelineHub:
         browser = source.startswith(BROWSER_PREFIX)
         with self._cond:
             for key, ms in lat.items():
-                self._lat.setdefault(key, deque(maxlen=self._lat_window)).append(ms)
+                if all(part in _LATENCY_NAMES or part == "total" for part in key.split("->")):
+                    self._lat.setdefault(key, deque(maxlen=self._lat_window)).append(ms)
             if browser:  # a browser's frames go to its own socket only and are never kept here
                 callback = self._routes.get(source)
                 self._browser_frames += 1
             else:
                 callback = None
+                if source not in self._slots and len(self._slots) >= MAX_SOURCES:
+                    del self._slots[min(self._slots, key=lambda k: self._slots[k].t_recv)]
                 slot = self._slots.setdefault(source, SourceSlot())
                 slot.frame, slot.t_recv = msg, now
                 slot.count += 1
@@ -157,11 +198,13 @@ class PipelineHub:
             try:
                 hb = decode(data, expect="heartbeat")
             except MessageError as exc:
-                self.bad_messages += 1
-                log.warning("heartbeat: dropped a bad message: %s", exc)
+                self.guard.bad("bad_messages", f"heartbeat: {exc}")
                 continue
             with self._cond:
-                self._hearts[(hb.stage, hb.instance)] = (time.time(), hb)
+                key = (hb.stage, hb.instance)
+                if key not in self._hearts and len(self._hearts) >= MAX_SOURCES:
+                    del self._hearts[min(self._hearts, key=lambda k: self._hearts[k][0])]
+                self._hearts[key] = (time.time(), hb)
 
     # ------------------------------------------------------------------ browser sources
     def register(self, source_id: str, callback: Callable[[Annotated], None]) -> None:
@@ -261,7 +304,7 @@ class PipelineHub:
                                "p95": round(float(np.percentile(v, 95)), 2), "n": int(v.size)}
                            for k, v in sorted(lat.items())},
             "web": {"websocket_clients": clients, "browser_frames": self._browser_frames,
-                    "bad_messages": self.bad_messages},
+                    "bad_messages": self.bad_messages, "counters": dict(self.counters)},
         }
 
     # ------------------------------------------------------------------ shutdown
@@ -278,4 +321,7 @@ class PipelineHub:
                 if sock is not None:
                     sock.close(0)
         if self._own_ctx:
+            if self.cfg.curve_dir:
+                from shared.keys import stop_authenticator
+                stop_authenticator(self.ctx)
             self.ctx.term()

@@ -56,8 +56,10 @@ class Job:
 class JobQueue:
     """FIFO of video jobs run one at a time by one background thread; bounded number of finished jobs kept."""
 
-    def __init__(self, root: Path, model_dir=None, kept: int = 20, every: int = 1) -> None:
+    def __init__(self, root: Path, model_dir=None, kept: int = 20, every: int = 1,
+                 max_pixels: int = 12_000_000) -> None:
         self.root = Path(root)
+        self.max_pixels = max_pixels
         self.root.mkdir(parents=True, exist_ok=True)
         self.model_dir, self.kept, self.every = model_dir, kept, every
         self.jobs: OrderedDict[str, Job] = OrderedDict()
@@ -78,10 +80,17 @@ class JobQueue:
             if upload.stat().st_size == 0:
                 raise JobError("empty upload: send a video file in the `video` field or as the body")
             cap = cv2.VideoCapture(str(upload))
-            ok = cap.isOpened() and cap.read()[0]
-            cap.release()
-            if not ok:
-                raise JobError(f"{name!r} is not a video OpenCV can read (send e.g. MP4, WebM, AVI or MKV)")
+            try:
+                if not cap.isOpened():
+                    raise JobError(f"{name!r} is not a video OpenCV can read (send e.g. MP4, WebM, AVI or MKV)")
+                w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                if w * h > self.max_pixels:  # checked from the header, before any frame is decoded
+                    raise JobError(f"{name!r} has {w}x{h} frames: more than {self.max_pixels} pixels "
+                                   f"(FERLIVE_MAX_IMAGE_PIXELS)")
+                if not cap.read()[0]:
+                    raise JobError(f"{name!r} is not a video OpenCV can read (send e.g. MP4, WebM, AVI or MKV)")
+            finally:
+                cap.release()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -170,7 +179,8 @@ def init_app(app) -> JobQueue:
     """The one JobQueue of this process, in app.extensions['ferlive.jobs']."""
     root = app.config.get("JOBS_DIR") or tempfile.mkdtemp(prefix="ferlive-jobs-")
     queue = JobQueue(Path(root), model_dir=app.config.get("MODEL_DIR_RESOLVED"), kept=app.config["JOBS_KEPT"],
-                     every=app.config["JOBS_EVERY"])
+                     every=app.config["JOBS_EVERY"],
+                     max_pixels=app.extensions["ferlive.config"].max_image_pixels)
     app.extensions["ferlive.jobs"] = queue
     return queue
 

@@ -166,3 +166,44 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def declared_size_jpeg(width: int, height: int) -> bytes:
+    """A valid 16x16 JPEG (a few hundred bytes) whose header declares ``width`` x ``height`` instead: what an
+    attacker sends to make a decoder allocate ``width*height*3`` bytes."""
+    small = np.full((16, 16, 3), 128, np.uint8)
+    small[4:12, 4:12] = 40
+    data = bytearray(encode_jpeg(small, 50))
+    i = data.index(b"\xff\xc0")  # baseline SOF0: FF C0, length (2), precision (1), height (2), width (2)
+    data[i + 5:i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """pids of this user's processes whose environment holds ``key=value`` (a test's own FERLIVE_PORT)."""
+    want, out = f"{key}={value}".encode(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if want in (entry / "environ").read_bytes().split(b"\0"):
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def kill_processes_with_env(key: str, value: str) -> None:
+    """SIGKILL every process started with ``key=value``, supervisors first (so nothing is restarted):
+    the cleanup of a test that started ``honcho start``, whose children live in sessions of their own."""
+    import signal
+    pids = [p for p in processes_with_env(key, value) if p != os.getpid()]
+    def cmd(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+    for pid in sorted(pids, key=lambda p: b"shared.supervise" not in cmd(p)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

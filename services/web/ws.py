@@ -8,6 +8,7 @@ Protocol (one socket per camera session):
   ``{"type": "ready", "source_id", "max_frame_bytes"}`` once, on connect;
   ``{"type": "result", "seq", "width", "height", "faces": [{box, emotion, scores, track_id}], "timing_ms"}``;
   ``{"type": "busy", "seq"}`` a frame came while one was in flight (dropped: one in flight per client);
+  ``{"type": "busy", "seq", "retry_after_s"}`` the server decodes as many images as it may at once;
   ``{"type": "timeout", "seq"}`` the pipeline did not answer in time (it drops frames under load);
   ``{"type": "error", "seq"?, "error"}`` a malformed message; the socket stays open.
 
@@ -31,10 +32,10 @@ import cv2
 from flask import Blueprint, current_app
 from flask_sock import ConnectionClosed, Sock
 
-from services.web.hub import PipelineHub
-from shared.messages import BROWSER_PREFIX
-from services.web.images import ImageError, decode_image, image_format
-from shared.messages import Annotated
+from services.web.guards import DecodeSlots, Saturated
+from services.web.hub import PipelineHub, safe_score
+from shared.images import ImageError, ImageLimits, decode_image
+from shared.messages import BROWSER_PREFIX, Annotated
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,13 @@ class FrameSession:
     """
 
     def __init__(self, ws: Any, hub: PipelineHub, *, max_frame_bytes: int, max_side: int,
-                 result_timeout: float) -> None:
+                 result_timeout: float, limits: Optional[ImageLimits] = None,
+                 slots: Optional[DecodeSlots] = None) -> None:
         self.ws, self.hub = ws, hub
         self.source_id = BROWSER_PREFIX + secrets.token_hex(6)
         self.max_frame_bytes, self.max_side, self.result_timeout = max_frame_bytes, max_side, result_timeout
+        self.limits = limits or ImageLimits(max_side=max_side)
+        self.slots = slots or DecodeSlots(1)
         self._cond = threading.Condition()
         self._outbox: deque[dict[str, Any]] = deque(maxlen=64)
         self._inflight: Optional[InFlight] = None
@@ -94,6 +98,11 @@ class FrameSession:
         if self._sender.is_alive() and threading.current_thread() is not self._sender:
             self._sender.join(timeout=2)
         log.info("ws %s closed: %s", self.source_id, self.counters)
+
+    def _count(self, name: str) -> None:
+        count = getattr(self.hub, "count", None)  # a hub's web counters (shown in /api/health)
+        if count is not None:
+            count(name)
 
     # ------------------------------------------------------------------ incoming
     def receive_loop(self) -> None:
@@ -132,16 +141,19 @@ class FrameSession:
         if len(jpeg) > self.max_frame_bytes:
             return self._error(seq, f"frame of {len(jpeg)} bytes: at most {self.max_frame_bytes}; "
                                     "send a smaller or more compressed JPEG")
-        try:
-            if image_format(jpeg) != "jpeg":
-                raise ImageError("frames must be JPEG (PNG is accepted by POST /api/predict only)")
-            image = decode_image(jpeg, max_side=self.max_side)
+        try:  # checked (header first: size cap, shortest side) before anything reaches the bus
+            with self.slots.slot():
+                image = decode_image(jpeg, self.limits, jpeg_only=True)
+                frame_bgr = image.frame_bgr
+                if image.scale != 1.0:  # downscaled: the pipeline gets the smaller JPEG
+                    ok, buf = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
+                    jpeg = buf.tobytes()
         except ImageError as exc:
+            self._count("ws_bad_frames")
             return self._error(seq, str(exc))
-        frame_bgr = image.frame_bgr
-        if image.scale != 1.0:  # downscaled: the pipeline gets the smaller JPEG
-            ok, buf = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
-            jpeg = buf.tobytes()
+        except Saturated as exc:
+            self._count("ws_saturated")
+            return self._post({"type": "busy", "seq": seq, "retry_after_s": exc.retry_after_s})
         with self._cond:
             if self._inflight is not None:
                 self.counters["busy"] += 1
@@ -169,7 +181,7 @@ class FrameSession:
             self._inflight = None
             s = f.scale
             faces = [{"box": [int(round(v * s)) for v in r.box_xywh], "emotion": r.emotion,
-                      "scores": {k: round(v, 4) for k, v in r.scores.items()}, "track_id": r.track_id}
+                      "scores": {k: safe_score(v) for k, v in r.scores.items()}, "track_id": r.track_id}
                      for r in msg.results]
             self.counters["results"] += 1
             self._outbox.append({"type": "result", "seq": f.client_seq, "width": f.width, "height": f.height,
@@ -221,4 +233,5 @@ def frames(ws: Any) -> None:
         return
     cfg = current_app.config
     FrameSession(ws, hub, max_frame_bytes=cfg["WS_MAX_FRAME_BYTES"], max_side=cfg["MAX_IMAGE_SIDE"],
-                 result_timeout=cfg["WS_RESULT_TIMEOUT"]).run()
+                 result_timeout=cfg["WS_RESULT_TIMEOUT"], limits=current_app.extensions["ferlive.image_limits"],
+                 slots=current_app.extensions["ferlive.decode_slots"]).run()

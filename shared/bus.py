@@ -45,7 +45,7 @@ from typing import Callable, Optional
 
 import zmq
 
-from shared.config import Config
+from shared.config import Config, ConfigError
 from shared.messages import Heartbeat, encode
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,9 @@ def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bin
             sock.connect(endpoint)
     except zmq.ZMQError as exc:
         sock.close(0)
+        if bind and exc.errno == zmq.EADDRINUSE:  # e.g. a second pipeline: configuration, not a crash to retry
+            raise ConfigError(f"{role}: cannot bind {endpoint}: the address is in use (is another ferlive "
+                              f"pipeline running? stop it, or move this one with FERLIVE_*_ENDPOINT)") from None
         raise zmq.ZMQError(exc.errno, f"{role}: cannot {'bind' if bind else 'connect'} {endpoint}: "
                                       f"{exc.strerror} (another process on that port? see FERLIVE_*_ENDPOINT)")
     log.debug("%s %s %s %s (hwm %d)", role, pattern, "bind" if bind else "connect", endpoint, hwm)

@@ -89,6 +89,7 @@ class Config:
     draw: bool = _f(True, "draw boxes/labels onto the annotated JPEG (off: pass the frame through)")
     # --- misc ---------------------------------------------------------------------------------
     log_level: str = _f("INFO", "logging level of the services")
+    access_log: bool = _f(False, "web: log every HTTP request, one line each (off: only warnings and errors)")
 
     def __post_init__(self) -> None:
         if self.pub_hwm < 1 or self.push_hwm < 1:

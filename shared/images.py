@@ -78,7 +78,7 @@ def image_format(data: bytes) -> str:
         return "jpeg"
     if data.startswith(PNG_MAGIC):
         return "png"
-    raise ImageError(f"not an image: expected JPEG or PNG bytes, got {len(data)} bytes starting {data[:8]!r}")
+    raise ImageError(f"not an image: expected JPEG or PNG bytes, got {len(data)} bytes starting {data[:8].hex(' ')} (hex)")
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:

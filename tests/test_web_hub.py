@@ -171,3 +171,18 @@ def test_bad_messages_are_counted_not_fatal(app, annotate):
     before = hub.latest()[0]
     # still serving after bad input: a later good frame replaces the latest one
     publish_until(pub, lambda s: encode(annotated("cam0", 10_000 + s)), lambda: hub.latest()[0] is not before)
+
+
+def test_health_adds_up_the_counters_of_every_worker(app, client, annotate):
+    """honcho -c classify=4: /api/health shows the four workers' totals, and each worker's own."""
+    _, hb = annotate
+
+    def four() -> bool:  # resent until seen: a just-connected PUB may drop its first messages
+        for k in range(4):
+            hb.send(encode(Heartbeat("classify", f"h:{k}", time.time(), 5.0, {"frames_out": 10 * (k + 1), "faces": k})))
+        time.sleep(0.05)
+        return client.get("/api/health").get_json()["stages"]["classify"]["instances"] == 4
+    assert wait_until(four, 5)
+    st = client.get("/api/health").get_json()["stages"]["classify"]
+    assert st["counters"] == {"frames_out": 100, "faces": 6}
+    assert st["per_instance"]["h:2"] == {"frames_out": 30, "faces": 2}

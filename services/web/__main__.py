@@ -86,9 +86,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(exc))
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
                         format="%(asctime)s web[%(process)d] %(levelname)s %(name)s: %(message)s")
-    app = create_app({"FERLIVE": cfg, "MAX_CONTENT_LENGTH": max_upload, **web_env()})
-    server = make_server(host, port, app, threaded=True, ssl_context=(cert, key) if cert else None,
-                         request_handler=make_handler(timeout_s))
+    try:
+        app = create_app({"FERLIVE": cfg, "MAX_CONTENT_LENGTH": max_upload, **web_env()})
+    except ConfigError as exc:  # e.g. a pipeline endpoint in use: final, the supervisor does not restart
+        print(f"web: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(host, port, app, threaded=True, ssl_context=(cert, key) if cert else None,
+                             request_handler=make_handler(timeout_s))
+    except OSError as exc:
+        close_app(app)
+        print(f"web: cannot serve on {host}:{port}: {exc.strerror or exc} (is another ferlive running? "
+              f"FERLIVE_PORT moves this one)", file=sys.stderr)
+        return 2
+    if not cfg.access_log:  # one line per MJPEG/poll request buries everything else in the terminal
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server._server_version = SERVER_NAME  # WSGI SERVER_SOFTWARE too
     scheme = "https" if cert else "http"
     log.info("serving on %s://%s:%d (annotated from %s)", scheme, host, server.server_port,

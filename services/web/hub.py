@@ -291,9 +291,13 @@ class PipelineHub:
             age = now - t_seen
             if alive:
                 st["instances"] += 1
+                # counters of every live process of the stage added up (classify -c 4: all four workers)
+                total = st.setdefault("counters", {})
+                for name, value in hb.counters.items():
+                    total[name] = total.get(name, 0) + value
+                st.setdefault("per_instance", {})[hb.instance] = dict(hb.counters)
             if st["age_s"] is None or age < st["age_s"]:
-                st.update(age_s=round(age, 3), status=hb.status, detail=hb.detail,
-                          counters=hb.counters)
+                st.update(age_s=round(age, 3), status=hb.status, detail=hb.detail)
             st["alive"] = st["alive"] or alive
         return {
             "ok": all(s["alive"] for s in stages.values()),

@@ -174,3 +174,28 @@ def test_ctrl_c_leaves_a_playable_video_and_complete_rows(faces, tmp_path):
 def test_live_sources_need_a_duration(tmp_path):
     with pytest.raises(VideoError, match="--duration"):
         analyze_video("rtsp://127.0.0.1:9/none", tmp_path / "o", AnalyzeOptions())
+
+
+def test_variable_frame_rate_times_come_from_the_container(faces, tmp_path):
+    """A VFR file (frames shown 0.1-0.5 s each, made with the ffmpeg binary the imageio-ffmpeg wheel ships):
+    time_s follows the container's timestamps, not frame / fps."""
+    import imageio_ffmpeg
+    durations = [0.1, 0.1, 0.5, 0.1, 0.3, 0.2]
+    frame, _ = place_faces([faces[0]], background=np.full((480, 640, 3), 110, np.uint8), boxes_xywh=np.array(BOX))
+    lines = []
+    for i, d in enumerate(durations):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), frame)
+        lines += [f"file 'f{i}.png'", f"duration {d}"]
+    lines.append(f"file 'f{len(durations) - 1}.png'")  # the concat demuxer's way to honour the last duration
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    video = tmp_path / "vfr.mkv"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
+                    "-i", str(tmp_path / "list.txt"), "-fps_mode", "vfr", "-c:v", "mpeg4", "-q:v", "2", str(video)],
+                   check=True, timeout=60)
+    s = analyze_video(str(video), tmp_path / "o", AnalyzeOptions(video=False, figures=False))
+    times = [float(r["time_s"]) for r in _rows(tmp_path / "o")]
+    expected = np.concatenate([[0.0], np.cumsum(durations)])
+    assert len(times) == s["frames_read"] == len(expected)
+    np.testing.assert_allclose(times, expected, atol=0.045)  # the encoder's 1/25 s time base rounds them
+    fps = s["video"]["fps"]
+    assert max(abs(t - k / fps) for k, t in enumerate(times)) > 0.3  # frame / fps would be far off

@@ -140,7 +140,7 @@ def run_single(frames: list[np.ndarray], model_dir: str, seconds: float) -> dict
     from services.annotate.stage import AnnotateStage
     from services.capture.stage import frame_message
     from services.classify.worker import classify
-    from services.detect.detector import FaceDetector
+    from shared.detector import FaceDetector
     from services.detect.stage import decode_frame
     from shared.messages import Faces
     from shared.model import FacialExpressionModel

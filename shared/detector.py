@@ -206,9 +206,9 @@ def blazeface_model_path() -> Path:
     return p
 
 
-def yunet_model_bytes(path: Path | str = YUNET_PATH, sha256: str = YUNET_SHA256) -> bytes:
-    """The vendored YuNet ONNX file's bytes, after checking its sha256."""
-    path = Path(path)
+def yunet_model_bytes(path: Path | str | None = None, sha256: str = YUNET_SHA256) -> bytes:
+    """The YuNet ONNX file's bytes (None: the vendored `YUNET_PATH`), after checking its sha256."""
+    path = Path(path if path is not None else YUNET_PATH)
     try:
         data = path.read_bytes()
     except OSError as exc:

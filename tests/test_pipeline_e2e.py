@@ -32,7 +32,7 @@ FPS = 5  # well below detect's capacity on a loaded 2-core CI: this tests loss w
 
 @pytest.fixture(scope="module")
 def detector_cls():
-    from services.detect.detector import FaceDetector
+    from shared.detector import FaceDetector
     return FaceDetector
 
 

@@ -1,4 +1,4 @@
-"""python -m services.detect: frames in, faces (boxes + 48x48 gray crops) out to the classify workers."""
+"""python -m services.detect: frames in, faces (boxes + landmarks + 48x48 gray crops) out to the classify workers."""
 from __future__ import annotations
 
 import sys
@@ -13,10 +13,11 @@ def main(argv: list[str] | None = None) -> int:
                                    description="Find faces in frames and send 48x48 crops to classify.")
     bus.setup_logging(cfg, "detect")
     bus.install_signal_handlers()
-    from services.detect.detector import FaceDetector  # the detector engineer's module
-    detector = FaceDetector(cfg)
+    from shared.analyzer import FaceAnalyzer  # the one analysis path (detection only here)
+    from shared.detector import FaceDetector
+    analyzer = FaceAnalyzer(FaceDetector(cfg))
     try:
-        run(cfg, detector)
+        run(cfg, analyzer)
     except (bus.Shutdown, KeyboardInterrupt):
         pass
     return 0

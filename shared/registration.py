@@ -21,11 +21,12 @@ from shared.preprocess import FACE_SIZE
 LANDMARKS: tuple[str, ...] = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
 """Order of the five landmarks (the subject's right eye is image-left on a frontal face)."""
 
-FER_TEMPLATE: np.ndarray = np.array([[15.06, 18.65], [32.94, 18.65], [24.0, 28.47],
-                                     [16.58, 36.35], [31.42, 36.35]], np.float64)
-"""Median positions of the five landmarks in a 48x48 FER2013 face (x, y in 48-px crop coordinates),
-measured by YuNet on 1,370 FER2013 Training faces placed at 100-200 px into frames (`python
-benchmarks/detector.py` prints it as ``template``), made symmetric about x = 24."""
+FER_TEMPLATE: np.ndarray = np.array([[14.56, 18.31], [32.44, 18.31], [23.5, 28.13],
+                                     [16.08, 36.01], [30.92, 36.01]], np.float64)
+"""Median positions of the five landmarks in a 48x48 FER2013 face (x, y in the crop's pixel coordinates,
+pixel centres at integers as in OpenCV, so the crop's centre is 23.5), measured by YuNet on 1,370 FER2013
+Training faces placed at 100-200 px into frames (`python benchmarks/detector.py` prints it as
+``template``), made symmetric about x = 23.5."""
 
 
 class RegistrationError(ValueError):
@@ -75,6 +76,20 @@ def register_face(frame_gray: np.ndarray, landmarks: np.ndarray, size: int = FAC
     """The face with these landmarks, eyes level, scaled and centred like a FER2013 face: uint8
     (size,size); parts outside the frame are filled by edge replication (as `crop_face` does)."""
     m = registration_matrix(landmarks, size, template)
+    return warp_face(frame_gray, m, size)
+
+
+def level_face(frame_gray: np.ndarray, box_xywh, landmarks: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """The square box_xywh turned about its centre so the eyes are level (scale and centre stay the
+    box's): uint8 (size,size). Needs both eyes (landmarks 0 and 1)."""
+    lm = np.asarray(landmarks, np.float64)
+    if not np.isfinite(lm[:2]).all():
+        raise RegistrationError("levelling needs both eyes (landmarks 0 and 1) as finite points")
+    x, y, w, h = (float(v) for v in box_xywh)
+    side = max(w, h)
+    cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5  # pixel centres at integers
+    m = cv2.getRotationMatrix2D((cx, cy), eye_angle(lm), size / side)
+    m[:, 2] += [(size - 1) / 2 - cx, (size - 1) / 2 - cy]
     return warp_face(frame_gray, m, size)
 
 

@@ -8,14 +8,20 @@ from shared.config import Config
 from services.detect.stage import run
 
 
+def build_analyzer(cfg: Config):
+    """The detect stage's analyzer: shared.analyzer.FaceAnalyzer with the Config's detector, no model
+    (classification happens in the classify workers)."""
+    from shared.analyzer import FaceAnalyzer  # the one analysis path (detection only here)
+    from shared.detector import FaceDetector
+    return FaceAnalyzer(FaceDetector(cfg))
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = Config.from_env_and_args(argv, prog="python -m services.detect",
                                    description="Find faces in frames and send 48x48 crops to classify.")
     bus.setup_logging(cfg, "detect")
     bus.install_signal_handlers()
-    from shared.analyzer import FaceAnalyzer  # the one analysis path (detection only here)
-    from shared.detector import FaceDetector
-    analyzer = FaceAnalyzer(FaceDetector(cfg))
+    analyzer = build_analyzer(cfg)
     try:
         run(cfg, analyzer)
     except (bus.Shutdown, KeyboardInterrupt):

@@ -173,8 +173,8 @@ def registration_pass(split, model, angles: str, seed: int) -> dict:
     """Accuracy of the model on the same detected faces cropped three ways."""
     det = FaceDetector(DetectorConfig(kind="yunet"))
     frames = turned_frames(split.faces, angles, seed)
-    crops: dict[str, list] = {"framed_box": [], "registered_first_pass": [], "registered_refined": [],
-                              "levelled_refined": []}
+    crops: dict[str, list] = {"true_box": [], "framed_box": [], "registered_first_pass": [],
+                              "registered_refined": [], "levelled_refined": []}
     labels, ids = [], []
     margin, shift_y = det.config.framing
     for frame, gt, idx in frames:
@@ -187,6 +187,7 @@ def registration_pass(split, model, angles: str, seed: int) -> dict:
         if iou[k] < 0.3:
             continue
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        crops["true_box"].append(crop_face(gray, gt[0]))  # the placed square (for turned faces: turned)
         x, y, w, h = framed[k]
         crops["framed_box"].append(crop_face(gray, (int(round(x)), int(round(y)), int(round(w)), int(round(h)))))
         crops["registered_first_pass"].append(register_face(gray, lm[k]))
@@ -197,8 +198,15 @@ def registration_pass(split, model, angles: str, seed: int) -> dict:
         ids.append(idx[0])
     labels, ids = np.array(labels), np.array(ids)
     out = {"angles": angles, "faces": len(frames), "detected": len(labels)}
-    for name, c in crops.items():
-        out[name] = float((model.predict_proba(np.stack(c)).argmax(1) == labels).mean())
+    right = {name: model.predict_proba(np.stack(c)).argmax(1) == labels for name, c in crops.items()}
+    for name, ok in right.items():
+        out[name] = float(ok.mean())
+    # paired against the framed box (same faces): difference and its 95% interval (normal approximation)
+    n = len(labels)
+    for name, ok in right.items():
+        b, c = int((ok & ~right["framed_box"]).sum()), int((~ok & right["framed_box"]).sum())
+        se = np.sqrt(max(b + c - (b - c) ** 2 / n, 0)) / n
+        out[f"{name}_minus_framed_box"] = [round((b - c) / n, 4), round(1.96 * se, 4)]
     out["original_crops_same_faces"] = float((model.predict_proba(split.faces[ids]).argmax(1) == labels).mean())
     return out
 
@@ -212,23 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="small subsets (a smoke run)")
     ap.add_argument("--faces", type=int, default=800, help="FER2013 faces per split for registration")
+    ap.add_argument("--parts", default="detection,framing,registration",
+                    help="comma-separated parts to run: detection, framing (and template), registration")
     a = ap.parse_args(argv)
     cv2.setNumThreads(1)
     from training.data import load_fer2013
     fer = load_fer2013(a.data)
-    public, private, training = fer.split("PublicTest"), fer.split("PrivateTest"), fer.split("Training")
+    # the splits are stored class by class: shuffle once so every slice below mixes all seven classes
+    public, private, training = (s.subset(np.random.default_rng(k).permutation(len(s))) for k, s in
+                                 enumerate(fer.split(n) for n in ("PublicTest", "PrivateTest", "Training")))
     q = a.quick
     results: dict = {"benchmark": "detector", "machine": machine_info(), "threads": 1, "frame": list(FRAME),
                      "command": " ".join(["python"] + sys.argv)}
     print(f"machine: {results['machine']['label']}, {results['machine']['nproc']} CPUs, "
           f"load {results['machine']['load_1min']}")
 
-    scenes = {"people": people_frames(20 if q else 120, (-25, 25), seed=11),
+    parts = set(a.parts.split(","))
+    scenes = {} if "detection" not in parts else {"people": people_frames(20 if q else 120, (-25, 25), seed=11),
               "people_upright": people_frames(10 if q else 60, (-5, 5), seed=12),
               "fer_textured": fer_frames(public.faces[:40 if q else 240], ("textured", "cluttered", "noise"), seed=1),
               "fer_flat": fer_frames(public.faces[240:280 if q else 480], ("plain",), seed=2),
               "empty": empty_frames(15 if q else 120, seed=3)}
-    configs = {"yunet (default)": DetectorConfig(),
+    configs = {} if "detection" not in parts else {"yunet (default)": DetectorConfig(),
                "yunet, no registration": DetectorConfig(register=False),
                "yunet score 0.5": DetectorConfig(min_score=0.5),
                "yunet score 0.9": DetectorConfig(min_score=0.9),
@@ -257,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== framing on PublicTest (FER2013 faces on flat and noise backgrounds)")
     fr_frames = fer_frames(public.faces[480:600 if q else 1480], ("plain", "noise"), seed=4)
     framing = {}
-    for kind in ("yunet", "haar", "blazeface"):
+    for kind in ("yunet", "haar", "blazeface") if "framing" in parts else ():
         try:
             fs = framing_stats(FaceDetector(DetectorConfig(kind=kind)), fr_frames)
         except ModuleNotFoundError:
@@ -267,25 +280,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind:10s} n={fs['n']:5d} margin {fs['margin']:+.3f} shift_y {fs['shift_y']:+.3f} "
               f"(in code {FRAMING[kind][0]:+.3f} {FRAMING[kind][1]:+.3f})")
     results["framing"] = framing
-    tpl = template_stats(training.faces[:200 if q else 1500], seed=5)
-    results["template"] = tpl
-    print(f"\n== template (Training, n={tpl['n']}): {tpl['median_xy']}")
+    if "framing" in parts:
+        tpl = template_stats(training.faces[:200 if q else 1500], seed=5)
+        results["template"] = tpl
+        print(f"\n== template (Training, n={tpl['n']}): {tpl['median_xy']}")
 
-    if a.model_dir != "none":
+    if a.model_dir != "none" and "registration" in parts:
         from shared.model import FacialExpressionModel
         model = FacialExpressionModel(a.model_dir)
         results["model"] = {"dir": str(model.model_dir), "name": model.card.get("name")}
         n = 60 if q else a.faces
         reg = {}
         print(f"\n== registration: model {model.card.get('name')}, accuracy on the same detected faces")
-        print(f"{'split':12s} {'angles':8s} {'found':>9s} {'framed box':>10s} {'reg first':>9s} {'reg refined':>11s} "
-              f"{'levelled':>8s} {'original':>8s}")
+        print(f"{'split':12s} {'angles':8s} {'found':>9s} {'true box':>8s} {'framed box':>10s} {'reg first':>9s} "
+              f"{'reg refined':>11s} {'levelled':>8s} {'original':>8s}")
         for split_name, split, seed in (("PublicTest", public, 6), ("PrivateTest", private, 7)):
             sub = split.subset(np.arange(min(n, len(split))))
             for angles in ("upright", "turned"):
                 r = registration_pass(sub, model, angles, seed + (angles == "turned") * 100)
                 reg[f"{split_name} {angles}"] = r
-                print(f"{split_name:12s} {angles:8s} {r['detected']:4d}/{r['faces']:4d} {r['framed_box']:10.4f} "
+                print(f"{split_name:12s} {angles:8s} {r['detected']:4d}/{r['faces']:4d} {r['true_box']:8.4f} "
+                      f"{r['framed_box']:10.4f} "
                       f"{r['registered_first_pass']:9.4f} {r['registered_refined']:11.4f} {r['levelled_refined']:8.4f} "
                       f"{r['original_crops_same_faces']:8.4f}")
         results["registration"] = reg

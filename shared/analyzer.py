@@ -122,7 +122,7 @@ class FaceAnalyzer:
         return cls(FaceDetector(detector), model)
 
     def detect(self, frame_bgr: np.ndarray, source_id: str = "") -> Detections:
-        """Faces of a frame: framed boxes, landmarks, registered 48x48 crops (no classification)."""
+        """Faces of a frame: framed boxes, landmarks, 48x48 crops (no classification)."""
         with self._lock:
             return self.detector.detect(frame_bgr, source_id=source_id)
 

@@ -64,7 +64,8 @@ class Config:
     face_margin: float = _f(0.0, "crop margin per side as a fraction of the box (0: the detector's measured framing)")
     detector_kind: str = _f("yunet", "face detector: 'yunet' (OpenCV Zoo's YuNet, five landmarks), 'haar' "
                                      "(OpenCV cascade) or 'blazeface' (TFLite)")
-    detector_register: bool = _f(True, "level the eyes and frame each face like FER2013 from its landmarks")
+    detector_register: str = _f("off", "face crops: 'off' (the FER2013-framed box), 'level' (turned so the eyes "
+                                       "are level) or 'similarity' (mapped onto FER2013's landmark template)")
     detector_redetect_every: int = _f(1, "full-frame detection every N frames per source; between, only near "
                                          "the last boxes (faster)")
     # --- annotate -----------------------------------------------------------------------------

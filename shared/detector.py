@@ -18,9 +18,13 @@ side (320 by default: 640x480 -> 320x240); boxes, landmarks and crops are in ful
 
 Boxes: each kind's raw box differs from FER2013's framing by a scale and an offset (``FRAMING``, measured on
 PublicTest faces placed into frames by ``benchmarks/detector.py``). ``boxes_xywh`` are the framed squares
-(clipped to the frame): the region a FER2013 face would cover. Crops: with ``register`` (on by default)
-and both eyes known, the face is registered (``shared.registration``: eyes level, scaled and centred like
-FER2013 from the landmarks); otherwise the framed square is cropped (``shared.preprocess.crop_face``).
+(clipped to the frame): the region a FER2013 face would cover. Crops: by default the framed square
+(``shared.preprocess.crop_face``). ``register="level"`` turns it about its centre so the eyes are level;
+``register="similarity"`` registers the face from all its landmarks (``shared.registration``: eyes level,
+scaled and centred like FER2013). Both re-find the landmarks first (``refine_landmarks``: YuNet's own lean
+towards upright faces at 320 px). Measured by ``benchmarks/detector.py`` on PublicTest: levelling adds
+1.6 points of accuracy on faces turned 10-25 degrees but costs 0.8 on upright ones and ~5 ms per face, so it
+is off by default.
 
 State: with ``redetect_every = N > 1`` a full-frame detection runs on every N-th frame of a source and
 the frames between look only in a small region around that source's last boxes (falling back to the
@@ -42,7 +46,7 @@ import cv2
 import numpy as np
 
 from shared.preprocess import FACE_SIZE, crop_face
-from shared.registration import RegistrationError, eye_angle, register_face, warp_points
+from shared.registration import RegistrationError, eye_angle, level_face, register_face, warp_points
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,10 @@ faces of 1,000 PublicTest faces on flat and noise backgrounds)."""
 
 MIN_SCORE: dict[str, float] = {"yunet": 0.6, "haar": 0.0, "blazeface": 0.5}
 """Per kind: the least detector score a face needs (haar has none)."""
+
+REGISTER_MODES: tuple[str, ...] = ("off", "level", "similarity")
+"""Crops: "off" the framed box; "level" the framed box turned so the eyes are level; "similarity" the face
+mapped onto FER_TEMPLATE by its landmarks (rotation, scale and centre from the landmarks)."""
 
 MIN_FACE: dict[str, int] = {"yunet": 32, "haar": 64, "blazeface": 64}
 """Per kind: the smallest face side (full-frame px) looked for."""
@@ -140,7 +148,7 @@ class DetectorConfig:
     min_neighbors: int = 5             # haar: overlapping hits a face needs
     margin: float | None = None        # framing: growth per side, fraction of the box side (None: FRAMING)
     shift_y: float | None = None       # framing: centre below the box centre, fraction of side (None: FRAMING)
-    register: bool = True              # crops registered from the landmarks when the eyes are known
+    register: str = "off"              # "off" (framed box) | "level" | "similarity" (see REGISTER_MODES)
     register_search: tuple[float, ...] = (-20.0, 0.0, 20.0)  # yunet: landmarks re-found in a small
     #                                    view of each face turned by these angles (empty: first-pass ones)
     redetect_every: int = 1            # full-frame detection every N frames per source; between: ROIs
@@ -153,6 +161,10 @@ class DetectorConfig:
             raise ValueError(f"detect_side={self.detect_side}: must be 0 (use scale) or >= 32 px")
         if not 0.05 <= self.scale <= 1.0:
             raise ValueError(f"scale={self.scale}: must be in [0.05, 1]")
+        if isinstance(self.register, bool):  # True/False from older callers
+            self.register = "similarity" if self.register else "off"
+        if self.register not in REGISTER_MODES:
+            raise ValueError(f"register={self.register!r}: use one of {REGISTER_MODES}")
         if self.min_face is not None and self.min_face < 8:
             raise ValueError(f"min_face={self.min_face}: must be >= 8 px")
         if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
@@ -392,8 +404,8 @@ class FaceDetector:
             config = DetectorConfig.from_pipeline(config)
         self.config = config
         self._backend = _BACKENDS[config.kind](config)
-        self._refiner = (_YuNet(DetectorConfig(min_score=REFINE_MIN_SCORE))
-                         if config.kind == "yunet" and config.register and config.register_search else None)
+        self._refine = config.kind == "yunet" and config.register != "off" and bool(config.register_search)
+        self._refiner = _YuNet(DetectorConfig(min_score=REFINE_MIN_SCORE)) if self._refine else None
         self._states: OrderedDict[str, _SourceState] = OrderedDict()
 
     def reset(self, source_id: str | None = None) -> None:
@@ -409,7 +421,7 @@ class FaceDetector:
         raw, landmarks, scores = self.find(frame_bgr, source_id, gray=gray)
         if not len(raw):
             return Detections.empty()
-        if self._refiner is not None:
+        if self._refine:
             landmarks = np.stack([self.refine_landmarks(frame_bgr, b, lm) for b, lm in zip(raw, landmarks)])
         H, W = gray.shape
         margin, shift_y = self.config.framing
@@ -455,6 +467,9 @@ class FaceDetector:
         the face turned by each angle of `register_search`; the view with the best score wins. YuNet's
         landmarks lean towards an upright face when the face is small and turned, so the view nearest to
         upright gives the truest eye line (measured in benchmarks/detector.py). Falls back to `landmarks`."""
+        if self._refiner is None:
+            self._refiner = _YuNet(DetectorConfig(min_score=REFINE_MIN_SCORE))
+        search = self.config.register_search or (-20.0, 0.0, 20.0)
         x, y, w, h = (float(v) for v in raw_xywh)
         side = REFINE_CONTEXT * max(w, h)
         cx, cy = x + w / 2, y + h / 2
@@ -482,7 +497,7 @@ class FaceDetector:
             p = warp_points(lms[k], cv2.invertAffineTransform(m))  # view -> patch pixels
             return float(scores[k]), ((p + 0.5) / s - 0.5 + [x0, y0]).astype(np.float32)
 
-        found = [f for f in map(look, self.config.register_search) if f is not None]
+        found = [f for f in map(look, search) if f is not None]
         if not found:
             return landmarks
         best = max(found, key=lambda f: f[0])[1]
@@ -492,7 +507,7 @@ class FaceDetector:
     def crops_for(self, frame_gray: np.ndarray, framed_xywh: np.ndarray,
                   landmarks: np.ndarray | None = None) -> np.ndarray:
         """48x48 crops (uint8 (N,48,48)) of FER2013-framed boxes in a gray frame; registered from the
-        landmarks (N,5,2) where `register` is on and both eyes are known."""
+        landmarks (N,5,2) as `register` says, where both eyes are known."""
         boxes = np.asarray(framed_xywh, np.float32).reshape(-1, 4)
         crops = np.empty((len(boxes), FACE_SIZE, FACE_SIZE), np.uint8)
         for i, (x, y, w, h) in enumerate(boxes):
@@ -561,8 +576,11 @@ class FaceDetector:
 
     def _crop(self, gray: np.ndarray, framed: tuple[float, float, float, float],
               landmarks: np.ndarray | None) -> np.ndarray:
-        if self.config.register and landmarks is not None and np.isfinite(landmarks[:2]).all():
+        mode = self.config.register
+        if mode != "off" and landmarks is not None and np.isfinite(landmarks[:2]).all():
             try:
+                if mode == "level":
+                    return level_face(gray, framed, landmarks)
                 return register_face(gray, landmarks)
             except RegistrationError:
                 pass  # degenerate landmarks: crop the framed box instead

@@ -10,7 +10,7 @@ import pytest
 
 from shared.detector import (Detections, DetectorConfig, FaceDetector, ModelFileError, frame_boxes,
                              iou_xywh)
-from shared.registration import register_face
+from shared.registration import level_face, register_face
 from shared.config import Config
 from shared.preprocess import crop_face
 from shared.synthetic import make_background, place_faces
@@ -148,11 +148,17 @@ def test_crops_are_registered_or_the_framed_box(frames, detectors):
     frame = next(f for f, _ in frames if len(get(detectors, "yunet").detect(f)))
     gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     det = get(detectors, "yunet").detect(frame)
-    np.testing.assert_array_equal(det.crops[0], register_face(gray, det.landmarks[0]))
-    plain = get(detectors, "yunet", register=False).detect(frame)
-    np.testing.assert_array_equal(plain.boxes_xywh, det.boxes_xywh)
-    x, y, w, h = plain.boxes_xywh[0]
-    assert np.abs(plain.crops[0].astype(int) - crop_face(gray, (x, y, w, h)).astype(int)).mean() < 6
+    x, y, w, h = det.boxes_xywh[0]
+    assert np.abs(det.crops[0].astype(int) - crop_face(gray, (x, y, w, h)).astype(int)).mean() < 6  # default: off
+    sim = get(detectors, "yunet", register="similarity").detect(frame)
+    np.testing.assert_array_equal(sim.boxes_xywh, det.boxes_xywh)
+    np.testing.assert_array_equal(sim.crops[0], register_face(gray, sim.landmarks[0]))
+    level = get(detectors, "yunet", register="level").detect(frame)
+    raw, _, _ = get(detectors, "yunet").find(frame)
+    framed = frame_boxes(raw, *get(detectors, "yunet").config.framing)
+    np.testing.assert_array_equal(level.crops[0], level_face(gray, framed[0], level.landmarks[0]))
+    with pytest.raises(ValueError, match="register"):
+        DetectorConfig(register="rotate")
     # a gray frame gives the same faces as its BGR version
     same = get(detectors, "yunet").detect(gray)
     assert np.array_equal(same.boxes_xywh, det.boxes_xywh) and np.array_equal(same.crops, det.crops)
@@ -252,5 +258,5 @@ def test_configs():
         FaceDetector(DetectorConfig(kind="haar", cascade="nope.xml"))
     with pytest.raises(ValueError, match="scale"):
         DetectorConfig(scale=2.0)
-    assert FaceDetector(Config(detector_kind="haar", detector_register=False)).config.kind == "haar"
+    assert FaceDetector(Config(detector_kind="haar", detector_register="level")).config.register == "level"
     assert DetectorConfig().kind == "yunet" and DetectorConfig().factor(640, 480) == 0.5

@@ -60,7 +60,7 @@ def test_register_face_maps_the_template_to_itself(sample_data):
 
 @pytest.fixture(scope="module")
 def yunet():
-    return FaceDetector(DetectorConfig(kind="yunet"))
+    return FaceDetector(DetectorConfig(kind="yunet", register="similarity"))
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ from shared.preprocess import FACE_SIZE
 LANDMARKS: tuple[str, ...] = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
 """Order of the five landmarks (the subject's right eye is image-left on a frontal face)."""
 
-FER_TEMPLATE: np.ndarray = np.array([[14.56, 18.03], [32.44, 18.03], [23.5, 27.79],
-                                     [16.09, 35.70], [30.91, 35.70]], np.float64)
+FER_TEMPLATE: np.ndarray = np.array([[14.5, 18.3], [32.5, 18.3], [23.5, 28.22],
+                                     [16.04, 36.06], [30.96, 36.06]], np.float64)
 """Median positions of the five landmarks in a 48x48 FER2013 face (x, y in the crop's pixel coordinates,
-pixel centres at integers as in OpenCV, so the crop's centre is 23.5), measured by YuNet on 1,377 FER2013
+pixel centres at integers as in OpenCV, so the crop's centre is 23.5), measured by YuNet on 1,375 FER2013
 Training faces placed at 100-200 px into frames (`python benchmarks/detector.py` prints it as
 ``template``), made symmetric about x = 23.5."""
 

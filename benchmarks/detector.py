@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="small subsets (a smoke run)")
     ap.add_argument("--faces", type=int, default=800, help="FER2013 faces per split for registration")
-    ap.add_argument("--parts", default="detection,framing,registration",
-                    help="comma-separated parts to run: detection, framing (and template), registration")
+    ap.add_argument("--parts", default="detection,speed,framing,registration",
+                    help="comma-separated parts to run: detection, speed (needs detection), framing (and "
+                         "template), registration")
     a = ap.parse_args(argv)
     cv2.setNumThreads(1)
     from training.data import load_fer2013
@@ -237,12 +238,12 @@ def main(argv: list[str] | None = None) -> int:
           f"load {results['machine']['load_1min']}")
 
     parts = set(a.parts.split(","))
-    scenes = {} if "detection" not in parts else {"people": people_frames(20 if q else 120, (-25, 25), seed=11),
+    scenes = {} if not parts & {"detection", "speed"} else {"people": people_frames(20 if q else 120, (-25, 25), seed=11),
               "people_upright": people_frames(10 if q else 60, (-5, 5), seed=12),
               "fer_textured": fer_frames(public.faces[:40 if q else 240], ("textured", "cluttered", "noise"), seed=1),
               "fer_flat": fer_frames(public.faces[240:280 if q else 480], ("plain",), seed=2),
               "empty": empty_frames(15 if q else 120, seed=3)}
-    configs = {} if "detection" not in parts else {"yunet (default)": DetectorConfig(),
+    configs = {} if not parts & {"detection", "speed"} else {"yunet (default)": DetectorConfig(),
                "yunet, register=level": DetectorConfig(register="level"),
                "yunet score 0.5": DetectorConfig(min_score=0.5),
                "yunet score 0.9": DetectorConfig(min_score=0.9),
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     table: dict = {}
     print(f"\n== detection (recall at IoU >= 0.5 of the framed box / false boxes per frame / ms median)")
     print(f"{'config':24s} " + " ".join(f"{s:>24s}" for s in scenes) + f" {'find ms':>8s} {'detect ms':>9s}")
-    for name, cfg in configs.items():
+    for name, cfg in configs.items() if "detection" in parts else ():
         try:
             det = FaceDetector(cfg)
         except ModuleNotFoundError as exc:
@@ -266,6 +267,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:24s} " + " ".join(f"{c:>24s}" for c in cells)
               + f" {p['find_ms_median']:8.1f} {p['detect_ms_median']:9.1f}")
     results["detection"] = table
+
+    if "speed" in parts:
+        # timing alone, interleaved: every round times each config on the same frames, so load that comes
+        # and goes (a shared machine) hits all configs alike; medians of the round medians, and ratios
+        frames = scenes["people"][:40] + scenes["fer_textured"][:20] + scenes["empty"][:20]
+        dets = {}
+        for name, cfg in configs.items():
+            try:
+                dets[name] = FaceDetector(cfg)
+            except ModuleNotFoundError:
+                continue
+        rounds: dict[str, list[float]] = {name: [] for name in dets}
+        cpu: dict[str, list[float]] = {name: [] for name in dets}
+        for _ in range(3 if q else 7):
+            for name, det in dets.items():
+                ts, cs = [], []
+                for frame, _, _ in frames:
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    det.detect(frame)
+                    ts.append(time.perf_counter() - t0)
+                    cs.append(time.thread_time() - c0)
+                rounds[name].append(float(np.median(ts)) * 1e3)
+                cpu[name].append(float(np.median(cs)) * 1e3)
+        base = float(np.median(rounds["yunet (default)"]))
+        speed = {name: {"detect_ms_median": float(np.median(r)), "detect_ms_min_round": float(min(r)),
+                        "cpu_ms_median": float(np.median(cpu[name])),
+                        "x_yunet_default": float(np.median(r)) / base, "rounds": r} for name, r in rounds.items()}
+        results["speed"] = {"frames": len(frames), "what": "FaceDetector.detect per 640x480 frame (40 people, "
+                            "20 fer_textured, 20 empty frames), median per round, median over rounds; wall and "
+                            "thread CPU time (one thread: CPU time is what one core spends, whatever the load)",
+                            **speed}
+        print(f"\n== speed ({len(frames)} frames x {len(rounds['yunet (default)'])} interleaved rounds): "
+              "wall ms per frame, median of round medians [best round], x yunet default; CPU ms per frame")
+        for name, r in speed.items():
+            print(f"{name:24s} {r['detect_ms_median']:7.2f} [{r['detect_ms_min_round']:.2f}] {r['x_yunet_default']:6.2f}x "
+                  f"{r['cpu_ms_median']:7.2f}")
     results["scenes"] = {s: {"frames": len(f), "faces": int(sum(len(g) for _, g, _ in f))} for s, f in scenes.items()}
 
     print("\n== framing on PublicTest (FER2013 faces on flat and noise backgrounds)")

@@ -89,23 +89,34 @@ def detector(d: dict) -> list[str]:
            _row(["detector"] + [f"{k} ({v['faces']} faces)" if v["faces"] else f"{k} ({v['frames']} frames)"
                                 for k, v in sc.items()] + ["find ms", "detect ms"]),
            _row(["---"] * (len(sc) + 3))]
+    speed = d.get("speed", {})
+    if speed:
+        out[0] = out[0].replace("ms median per frame on `people`", f"speed: `FaceDetector.detect` per frame over "
+                                f"{speed['frames']} frames in interleaved rounds (wall ms median [best round], × the "
+                                "default, CPU ms of the one thread)")
+        out[2] = _row(out[2].strip("| ").split(" | ")[:-2] + ["wall ms [best]", "× yunet", "CPU ms"])
     for name, row in d.get("detection", {}).items():
         cells = [(f"{r['recall_iou50']:.3f}" if r["recall_iou50"] is not None else "–") + f" / {r['false_per_frame']:.3f}"
                  for r in row.values()]
-        p = row.get("people", {})
-        out.append(_row([name] + cells + [f"{p.get('find_ms_median', 0):.1f}", f"{p.get('detect_ms_median', 0):.1f}"]))
+        if speed and name in speed:
+            sp = speed[name]
+            out.append(_row([name] + cells + [f"{sp['detect_ms_median']:.1f} [{sp['detect_ms_min_round']:.1f}]",
+                                              f"{sp['x_yunet_default']:.2f}", f"{sp.get('cpu_ms_median', float('nan')):.1f}"]))
+        else:
+            p = row.get("people", {})
+            out.append(_row([name] + cells + [f"{p.get('find_ms_median', 0):.1f}", f"{p.get('detect_ms_median', 0):.1f}"]))
     reg = d.get("registration")
     if reg:
-        out += ["", "Registration: the model's accuracy on the same detected FER2013 faces (upright, or turned by "
-                "10–25° either way), cropped four ways:", "",
-                _row(["split", "faces", "found", "framed box", "registered (first-pass landmarks)",
-                      "registered (refined landmarks)", "eyes levelled, box framing", "original 48x48 crops"]),
-                _row(["---"] * 8)]
+        def cell(r: dict, k: str) -> str:
+            diff = r.get(f"{k}_minus_framed_box")
+            return f"{100 * r[k]:.1f}%" + (f" ({100 * diff[0]:+.1f} ± {100 * diff[1]:.1f})" if diff and k != "framed_box" else "")
+        out += ["", _row(["faces (split, angles)", "found", "true box", "framed box (default)",
+                          "similarity, first-pass landmarks", "similarity, refined landmarks",
+                          "eyes levelled (`level`), refined", "original 48x48 crops"]), _row(["---"] * 8)]
         for k, r in reg.items():
-            out.append(_row([k, r["faces"], r["detected"], f"{100 * r['framed_box']:.1f}%",
-                             f"{100 * r['registered_first_pass']:.1f}%", f"{100 * r['registered_refined']:.1f}%",
-                             f"{100 * r.get('levelled_refined', float('nan')):.1f}%",
-                             f"{100 * r['original_crops_same_faces']:.1f}%"]))
+            out.append(_row([k, f"{r['detected']}/{r['faces']}", cell(r, "true_box"), cell(r, "framed_box"),
+                             cell(r, "registered_first_pass"), cell(r, "registered_refined"),
+                             cell(r, "levelled_refined"), f"{100 * r['original_crops_same_faces']:.1f}%"]))
     return out
 
 

@@ -95,6 +95,7 @@ def detector(d: dict) -> list[str]:
                                 f"{speed['frames']} frames in interleaved rounds (wall ms median [best round], × the "
                                 "default, CPU ms of the one thread)")
         out[2] = _row(out[2].strip("| ").split(" | ")[:-2] + ["wall ms [best]", "× yunet", "CPU ms"])
+        out[3] = _row(["---"] * (len(sc) + 4))
     for name, row in d.get("detection", {}).items():
         cells = [(f"{r['recall_iou50']:.3f}" if r["recall_iou50"] is not None else "–") + f" / {r['false_per_frame']:.3f}"
                  for r in row.values()]

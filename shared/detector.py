@@ -23,8 +23,8 @@ PublicTest faces placed into frames by ``benchmarks/detector.py``). ``boxes_xywh
 ``register="similarity"`` registers the face from all its landmarks (``shared.registration``: eyes level,
 scaled and centred like FER2013). Both re-find the landmarks first (``refine_landmarks``: YuNet's own lean
 towards upright faces at 320 px). Measured by ``benchmarks/detector.py`` on PublicTest: levelling adds
-1.6 points of accuracy on faces turned 10-25 degrees but costs 0.8 on upright ones and ~5 ms per face, so it
-is off by default.
+1.6 points of accuracy on faces turned 10-25 degrees but costs 0.8 on upright ones and ~4 ms of CPU per
+frame (1-2 faces), so it is off by default.
 
 State: with ``redetect_every = N > 1`` a full-frame detection runs on every N-th frame of a source and
 the frames between look only in a small region around that source's last boxes (falling back to the

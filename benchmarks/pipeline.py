@@ -11,9 +11,14 @@ one process (no ZeroMQ) so the bus's cost is visible.
 per face), so classify is the slow stage on any machine; ``--env KEY=VALUE`` passes settings to every stage
 (e.g. ``--env FERLIVE_FACES_HWM=4 --env FERLIVE_MAX_LAG_MS=0`` to see the queue that forms without the
 bounds). Each pipeline step reports capture -> web p50/p95 in its first and last quarter: flat means equal.
+    python benchmarks/pipeline.py --scenes people       # only the realistic frames
 
-Frames are real FER2013 faces (the sample CSV beside the checkout) upscaled into 640x480 frames, played
-from a looping video file by the real capture process. "latency" steps run capture at --fps (30);
+Scenes (640x480, played from a looping video file by the real capture process):
+- ``people`` (realistic): 1 or 4 copies of matplotlib's sample photo of a person with context (cap, hair,
+  shoulders, flag), faces 70-120 px, turned by up to 20 degrees, on textured / cluttered backgrounds,
+  a new scene every frame (shared.synthetic.person_scene).
+- ``flat``: real FER2013 faces (the sample CSV beside the checkout) upscaled to 120 px on a flat, faintly
+  noisy gray (the figures this benchmark used to report). "latency" steps run capture at --fps (30);
 "throughput" steps run it unthrottled and count annotated frames/s at the output. Stamps use
 time.time(), so every number is comparable across processes of one machine.
 """
@@ -36,6 +41,7 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.inference import machine_info  # noqa: E402
 from shared import bus  # noqa: E402
 from shared.config import Config  # noqa: E402
 from shared.messages import decode, latencies  # noqa: E402
@@ -45,8 +51,16 @@ STAGES = ("capture", "detect", "classify", "annotate")
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def make_frames(n_faces: int, n_frames: int = 60, size: int = 120) -> list[np.ndarray]:
-    """640x480 BGR frames, each with ``n_faces`` FER2013 faces (size px) on a noisy background."""
+def make_frames(n_faces: int, scene: str = "people", n_frames: int = 60, size: int = 120) -> list[np.ndarray]:
+    """640x480 BGR frames, each with ``n_faces`` faces: people with context on textured/cluttered
+    backgrounds (scene "people"), or FER2013 faces (size px) on a flat, faintly noisy gray ("flat")."""
+    if scene == "people":
+        from shared.synthetic import person_scene
+        rng = np.random.default_rng(0)
+        return [person_scene((640, 480), n_faces, (70, 120) if n_faces > 1 else (90, 150), (-20, 20),
+                             ("textured", "cluttered")[i % 2], rng)[0] for i in range(n_frames)]
+    if scene != "flat":
+        raise ValueError(f"unknown scene {scene!r}: use people or flat")
     from training.data import load_fer2013  # numpy + cv2 only
     faces = load_fer2013(SAMPLE_CSV).faces
     rng = np.random.default_rng(0)
@@ -155,12 +169,12 @@ def run_single(frames: list[np.ndarray], model_dir: str, seconds: float) -> dict
     from services.annotate.stage import AnnotateStage
     from services.capture.stage import frame_message
     from services.classify.worker import classify
-    from services.detect.detector import FaceDetector
+    from services.detect.__main__ import build_analyzer
     from services.detect.stage import decode_frame
     from shared.messages import Faces
     from shared.model import FacialExpressionModel
     cfg = Config(model_dir=model_dir)
-    detector, model = FaceDetector(cfg), FacialExpressionModel(model_dir or None)
+    detector, model = build_analyzer(cfg), FacialExpressionModel(model_dir or None)
     annot = AnnotateStage(cfg)
     totals, steps = [], {"capture": [], "detect": [], "classify": [], "annotate": []}
     i, t_end = 0, time.time() + seconds
@@ -169,7 +183,7 @@ def run_single(frames: list[np.ndarray], model_dir: str, seconds: float) -> dict
         msg = frame_message(frames[i % len(frames)], "bench", i, t0, cfg.jpeg_quality)
         t1 = time.time()
         det = detector.detect(decode_frame(msg))
-        faces = Faces(msg, det.boxes_xywh, det.crops, job=i, run=1)
+        faces = Faces(msg, det.boxes_xywh, det.crops, job=i, run=1, landmarks=det.landmarks)
         t2 = time.time()
         preds = classify(model, faces)
         t3 = time.time()
@@ -183,21 +197,6 @@ def run_single(frames: list[np.ndarray], model_dir: str, seconds: float) -> dict
             "latency_ms": {"total": pct(totals), **{k: pct(v) for k, v in steps.items()}}}
 
 
-def cpu_model() -> dict:
-    """The CPU's model name and its vector extensions (from /proc/cpuinfo), for the results."""
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    vec = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-    return {"model": model, "vector_extensions": vec, "cpus": os.cpu_count()}
-
-
 # ----------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -205,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=30.0, help="capture rate of the latency steps")
     ap.add_argument("--faces", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--scenes", nargs="+", default=["people", "flat"], choices=["people", "flat"])
     ap.add_argument("--model-dir", default="", help="exported model ('' = bundled)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--classify-ms-per-face", type=float, default=0.0,
@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-single", action="store_true", help="skip the single-process steps")
     args = ap.parse_args(argv)
     extra_env = dict(e.split("=", 1) for e in args.env)
-    results: dict = {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "cpu": cpu_model(), "steps": [],
+    results: dict = {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "machine": machine_info(),
+                     "command": " ".join(["python"] + sys.argv), "steps": [],
                      "classify_ms_per_face": args.classify_ms_per_face, "env": extra_env}
+    print(f"machine: {results['machine']['label']}, {results['cpus']} CPUs, load {results['load']:.1f}")
     tmp = Path(tempfile.mkdtemp(prefix="flbenchv"))
 
     def report(step: dict) -> None:
@@ -228,18 +230,21 @@ def main(argv: list[str] | None = None) -> int:
                  f"p95 {step['to_web_p95_first_last_quarter_ms']}  drops {step['drops']}"
                  if "to_web_p50_first_last_quarter_ms" in step else ""), flush=True)
 
-    for n in args.faces:
-        frames = make_frames(n)
-        video = write_video(frames, tmp / f"faces{n}.avi")
-        kw = dict(classify_ms_per_face=args.classify_ms_per_face, extra_env=extra_env)
-        if not args.no_single:
-            report({"name": f"single-process {n} face(s)", "faces": n,
-                    **run_single(frames, args.model_dir, args.seconds)})
-        report({"name": f"pipeline {n} face(s) @{args.fps:g}fps 1 worker", "faces": n, "workers": 1,
-                "mode": "latency", **run_pipeline(video, args.model_dir, 1, args.fps, args.seconds, **kw)})
-        for w in args.workers:
-            report({"name": f"pipeline {n} face(s) max-rate {w} worker(s)", "faces": n, "workers": w,
-                    "mode": "throughput", **run_pipeline(video, args.model_dir, w, 0.0, args.seconds, **kw)})
+    kw = dict(classify_ms_per_face=args.classify_ms_per_face, extra_env=extra_env)
+    for scene in args.scenes:
+        for n in args.faces:
+            frames = make_frames(n, scene)
+            video = write_video(frames, tmp / f"{scene}{n}.avi")
+            if not args.no_single:
+                report({"name": f"{scene}: single-process {n} face(s)", "scene": scene, "faces": n,
+                        **run_single(frames, args.model_dir, args.seconds)})
+            report({"name": f"{scene}: pipeline {n} face(s) @{args.fps:g}fps 1 worker", "scene": scene, "faces": n,
+                    "workers": 1, "mode": "latency",
+                    **run_pipeline(video, args.model_dir, 1, args.fps, args.seconds, **kw)})
+            for w in args.workers:
+                report({"name": f"{scene}: pipeline {n} face(s) max-rate {w} worker(s)", "scene": scene, "faces": n,
+                        "workers": w, "mode": "throughput",
+                        **run_pipeline(video, args.model_dir, w, 0.0, args.seconds, **kw)})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -11,6 +11,6 @@ export PATH="$(dirname "$PY"):$PATH"
 run() { echo "== $*"; "$@"; }
 run "$PY" benchmarks/inference.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --batches 1,16 --repeats 30 --out "$OUT/inference.json"
 run "$PY" benchmarks/train_throughput.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --steps 20 --repeats 3 --out "$OUT/train_throughput.json"
-run "$PY" benchmarks/pipeline.py --seconds 10 --model-dir "$MODEL" --json "$OUT/pipeline.json"
-run "$PY" benchmarks/detector.py --model-dir "$MODEL" --out "$OUT/detector.json"
+run "$PY" benchmarks/pipeline.py --seconds 8 --workers 1 2 --model-dir "$MODEL" --json "$OUT/pipeline.json"
+run "$PY" benchmarks/detector.py --model-dir "$MODEL" --faces 3589 --out "$OUT/detector.json"
 run "$PY" benchmarks/web_roundtrip.py --clients 1 8 --seconds 20 --warmup 3 --model-dir "$MODEL" --json "$OUT/web_roundtrip.json"

@@ -27,7 +27,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.pipeline import cpu_model  # noqa: E402
+from benchmarks.inference import machine_info  # noqa: E402
 from services.web.testing import (Pipeline, config_env, declared_size_jpeg, encode_jpeg, free_port,  # noqa: E402
                                   pipeline_config, place_faces)
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     def mean(rows, f):
         vals = [f(r) for r in rows if f(r) is not None]
         return round(float(np.mean(vals)), 2) if vals else None
-    summary = {"minutes": args.minutes, "cpu": cpu_model(), "load_avg": os.getloadavg(),
+    summary = {"minutes": args.minutes, "machine": machine_info(), "load_avg": os.getloadavg(),
                "viewers": args.viewers, "ws_clients": args.ws_clients, "uploads_per_s": args.uploads_per_s,
                "all_alive": all(all(s["alive"].values()) for s in samples), "load_counts": dict(load.counts),
                "first_vs_last_minute": {}}

@@ -25,7 +25,8 @@ def _row(cells) -> str:
 
 
 def pipeline(d: dict) -> list[str]:
-    out = [f"`python benchmarks/pipeline.py` ({d['cpus']} CPUs, load {d['load']:.1f} at start); "
+    label = d.get("machine", {}).get("label", "CPU not recorded")
+    out = [f"`python benchmarks/pipeline.py` ({label}, {d['cpus']} CPUs, load {d['load']:.1f} at start); "
            "latency is capture → web, ms, from the stamps in the messages:", "",
            _row(["step", "frames/s", "p50", "p95", "p99", "detect p50", "classify p50", "bus hops p50"]),
            _row(["---"] * 8)]
@@ -80,24 +81,43 @@ def training(d: dict) -> list[str]:
 
 
 def detector(d: dict) -> list[str]:
-    out = [f"`python benchmarks/detector.py` (FER2013 faces of {d['face_px'][0]}–{d['face_px'][1]} px placed "
-           f"into {d['frame'][0]}x{d['frame'][1]} frames at known boxes):", "",
-           _row(["detector", "split", "recall (IoU ≥ 0.5)", "false boxes / frame", "ms / frame (median)",
-                 "model on original crops", "model on pipeline crops (same faces)"]), _row(["---"] * 7)]
-    for kind, splits in d.get("accuracy", {}).items():
-        for split in ("PublicTest", "PrivateTest"):
-            s = splits.get(split)
-            if not isinstance(s, dict) or "detection" not in s:
-                continue
-            det = s["detection"]
-            chosen = splits.get("chosen_framing")
-            sweep = [r for r in s.get("framing_sweep", [])
-                     if chosen and abs(r["margin"] - round(chosen[0], 4)) < 1e-3
-                     and abs(r["shift_y"] - round(chosen[1], 4)) < 1e-3]
-            pipe = (f"{100 * sweep[0]['pipeline_accuracy']:.1f}% (original {100 * sweep[0]['original_accuracy_same_faces']:.1f}%)"
-                    if sweep else "")
-            out.append(_row([kind, split, f"{det['recall_iou50']:.3f}", f"{det['false_per_frame']:.3f}",
-                             f"{det['ms_median']:.1f}", f"{100 * s['original_accuracy_all']:.1f}%", pipe]))
+    m = d.get("machine", {})
+    sc = d.get("scenes", {})
+    out = [f"`python benchmarks/detector.py` ({m.get('label', '?')}, {m.get('nproc', '?')} CPUs, load "
+           f"{m.get('load_1min', '?')} at start; one thread; 640x480 frames; recall at IoU ≥ 0.5 of the framed "
+           f"box / false boxes per frame; ms median per frame on `people`):", "",
+           _row(["detector"] + [f"{k} ({v['faces']} faces)" if v["faces"] else f"{k} ({v['frames']} frames)"
+                                for k, v in sc.items()] + ["find ms", "detect ms"]),
+           _row(["---"] * (len(sc) + 3))]
+    speed = d.get("speed", {})
+    if speed:
+        out[0] = out[0].replace("ms median per frame on `people`", f"speed: `FaceDetector.detect` per frame over "
+                                f"{speed['frames']} frames in interleaved rounds (wall ms median [best round], × the "
+                                "default, CPU ms of the one thread)")
+        out[2] = _row(out[2].strip("| ").split(" | ")[:-2] + ["wall ms [best]", "× yunet", "CPU ms"])
+        out[3] = _row(["---"] * (len(sc) + 4))
+    for name, row in d.get("detection", {}).items():
+        cells = [(f"{r['recall_iou50']:.3f}" if r["recall_iou50"] is not None else "–") + f" / {r['false_per_frame']:.3f}"
+                 for r in row.values()]
+        if speed and name in speed:
+            sp = speed[name]
+            out.append(_row([name] + cells + [f"{sp['detect_ms_median']:.1f} [{sp['detect_ms_min_round']:.1f}]",
+                                              f"{sp['x_yunet_default']:.2f}", f"{sp.get('cpu_ms_median', float('nan')):.1f}"]))
+        else:
+            p = row.get("people", {})
+            out.append(_row([name] + cells + [f"{p.get('find_ms_median', 0):.1f}", f"{p.get('detect_ms_median', 0):.1f}"]))
+    reg = d.get("registration")
+    if reg:
+        def cell(r: dict, k: str) -> str:
+            diff = r.get(f"{k}_minus_framed_box")
+            return f"{100 * r[k]:.1f}%" + (f" ({100 * diff[0]:+.1f} ± {100 * diff[1]:.1f})" if diff and k != "framed_box" else "")
+        out += ["", _row(["faces (split, angles)", "found", "true box", "framed box (default)",
+                          "similarity, first-pass landmarks", "similarity, refined landmarks",
+                          "eyes levelled (`level`), refined", "original 48x48 crops"]), _row(["---"] * 8)]
+        for k, r in reg.items():
+            out.append(_row([k, f"{r['detected']}/{r['faces']}", cell(r, "true_box"), cell(r, "framed_box"),
+                             cell(r, "registered_first_pass"), cell(r, "registered_refined"),
+                             cell(r, "levelled_refined"), f"{100 * r['original_crops_same_faces']:.1f}%"]))
     return out
 
 

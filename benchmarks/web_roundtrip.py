@@ -39,7 +39,7 @@ SAMPLE_CSV = ROOT.parent / "shared" / "datasets" / "fer2013" / "fer2013-sample.c
 
 def make_webcam(path: Path, n_frames: int = 90) -> Path:
     """A 640x480 30 fps y4m of two real FER2013 faces drifting slowly."""
-    from services.detect.detector import FaceDetector
+    from shared.detector import FaceDetector
     from training.data import load_fer2013
     faces = detectable_faces(load_fer2013(SAMPLE_CSV).faces, FaceDetector(), count=2)
     frames = []

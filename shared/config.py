@@ -77,7 +77,10 @@ class Config:
     # --- detect / classify --------------------------------------------------------------------
     model_dir: str = _f("", "exported model folder for classify ('' = the bundled default model)")
     face_margin: float = _f(0.0, "crop margin per side as a fraction of the box (0: the detector's measured framing)")
-    detector_kind: str = _f("haar", "face detector: 'haar' (OpenCV cascade) or 'blazeface' (TFLite)")
+    detector_kind: str = _f("yunet", "face detector: 'yunet' (OpenCV Zoo's YuNet, five landmarks), 'haar' "
+                                     "(OpenCV cascade) or 'blazeface' (TFLite)")
+    detector_register: str = _f("off", "face crops: 'off' (the FER2013-framed box), 'level' (turned so the eyes "
+                                       "are level) or 'similarity' (mapped onto FER2013's landmark template)")
     detector_redetect_every: int = _f(1, "full-frame detection every N frames per source; between, only near "
                                          "the last boxes (faster)")
     # --- annotate -----------------------------------------------------------------------------

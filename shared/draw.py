@@ -13,13 +13,16 @@ COLORS_BGR: dict[str, tuple[int, int, int]] = {
 
 
 def annotate(frame_bgr: np.ndarray, results: list[FaceResult]) -> np.ndarray:
-    """Draw each face's box, its label with probability, and a bar per emotion, onto ``frame_bgr``."""
+    """Draw each face's box, its landmarks, its label with probability, and a bar per emotion, onto ``frame_bgr``."""
     font = cv2.FONT_HERSHEY_SIMPLEX
     H, W = frame_bgr.shape[:2]
     for r in results:
         x, y, w, h = r.box_xywh
         color = COLORS_BGR[r.emotion]
         cv2.rectangle(frame_bgr, (x, y), (x + w, y + h), color, 2)
+        for p in r.landmarks or ():
+            if p is not None:
+                cv2.circle(frame_bgr, (int(round(p[0])), int(round(p[1]))), 2, color, -1, cv2.LINE_AA)
         label = f"#{r.track_id} {r.emotion} {r.scores[r.emotion]:.0%}"
         (tw, th), base = cv2.getTextSize(label, font, 0.5, 1)
         ty = max(th + base, y)

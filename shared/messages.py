@@ -4,6 +4,7 @@ Kinds and who sends them (see shared/bus.py for the sockets):
 
     frame        capture  -> detect      Frame: one JPEG from a source, with its sequence number
     faces        detect   -> classify    Faces: the frame + face boxes (int32 (N,4) xywh) + 48x48 gray crops
+                                         + five landmarks per face (float32 (N,5,2), NaN where unknown)
     predictions  classify -> annotate    Predictions: the faces + probabilities float32 (N,7), EMOTIONS order
     annotated    annotate -> web         Annotated: the annotated JPEG + one FaceResult per face
     heartbeat    every stage -> web      Heartbeat: a stage's counters and status, once per interval
@@ -35,6 +36,9 @@ import numpy as np
 
 from shared.labels import EMOTIONS, NUM_CLASSES
 from shared.preprocess import FACE_SIZE
+
+NUM_LANDMARKS: int = 5
+"""Landmarks per face (shared.registration.LANDMARKS; equal to shared.detector.NUM_LANDMARKS)."""
 
 SCHEMA_VERSION: int = 2
 KINDS: tuple[str, ...] = ("frame", "faces", "predictions", "annotated", "heartbeat", "skip")
@@ -93,6 +97,7 @@ class Faces:
     crops: np.ndarray
     job: int = 0
     run: int = 0
+    landmarks: np.ndarray | None = None  # float32 (N,5,2) in shared.registration.LANDMARKS order; None: NaN
     kind: ClassVar[str] = "faces"
 
     def __post_init__(self) -> None:
@@ -102,6 +107,11 @@ class Faces:
             raise MessageError(f"faces: {len(self.boxes_xywh)} boxes but {len(self.crops)} crops")
         if len(self.boxes_xywh) > MAX_FACES:
             raise MessageError(f"faces: {len(self.boxes_xywh)} faces, at most {MAX_FACES}")
+        if self.landmarks is None:
+            self.landmarks = np.full((len(self.boxes_xywh), NUM_LANDMARKS, 2), np.nan, np.float32)
+        self.landmarks = _array(self.landmarks, np.float32, (NUM_LANDMARKS, 2), "faces.landmarks")
+        if len(self.landmarks) != len(self.boxes_xywh):
+            raise MessageError(f"faces: {len(self.boxes_xywh)} boxes but {len(self.landmarks)} landmark sets")
 
     def __len__(self) -> int:
         return len(self.boxes_xywh)
@@ -138,10 +148,11 @@ class FaceResult:
     scores: dict[str, float]
     raw_scores: dict[str, float]
     track_id: int
+    landmarks: list[list[float]] | None = None  # five [x, y] (None: the detector gives none)
 
     def to_wire(self) -> dict[str, Any]:
         return {"box_xywh": list(self.box_xywh), "emotion": self.emotion, "scores": self.scores,
-                "raw_scores": self.raw_scores, "track_id": self.track_id}
+                "raw_scores": self.raw_scores, "track_id": self.track_id, "landmarks": self.landmarks}
 
 
 @dataclass
@@ -245,7 +256,8 @@ def _frame_wire(f: Frame) -> dict[str, Any]:
 
 def _faces_wire(m: Faces) -> dict[str, Any]:
     return {"frame": _frame_wire(m.frame), "n": len(m), "job": m.job, "run": m.run,
-            "boxes_xywh": m.boxes_xywh.astype("<i4").tobytes(), "crops": m.crops.tobytes()}
+            "boxes_xywh": m.boxes_xywh.astype("<i4").tobytes(), "crops": m.crops.tobytes(),
+            "landmarks": m.landmarks.astype("<f4").tobytes()}
 
 
 def encode(msg: Message) -> bytes:
@@ -340,8 +352,10 @@ def _decode_faces(d: dict, where: str) -> Faces:
         raise MessageError(f"{where}.n: {'negative ' if n < 0 else ''}face count {n}, expected 0..{MAX_FACES}")
     boxes = _buffer(d, "boxes_xywh", n, 16, "<i4", (4,), where).astype(np.int32)
     crops = _buffer(d, "crops", n, FACE_SIZE * FACE_SIZE, "u1", (FACE_SIZE, FACE_SIZE), where)
+    landmarks = _buffer(d, "landmarks", n, NUM_LANDMARKS * 2 * 4, "<f4", (NUM_LANDMARKS, 2), where)
     return Faces(frame=_decode_frame(d.get("frame"), f"{where}.frame"), boxes_xywh=boxes, crops=crops,
-                 job=_get(d, "job", int, where), run=_get(d, "run", int, where))
+                 job=_get(d, "job", int, where), run=_get(d, "run", int, where),
+                 landmarks=landmarks.astype(np.float32))
 
 
 def _scores(v: Any, where: str) -> dict[str, float]:
@@ -362,10 +376,16 @@ def _decode_result(r: Any, where: str) -> FaceResult:
     emotion = _get(r, "emotion", str, where)
     if emotion not in EMOTIONS:
         raise MessageError(f"{where}.emotion: {brief(emotion)} is not one of {EMOTIONS}")
+    landmarks = r.get("landmarks")
+    if landmarks is not None and (not isinstance(landmarks, list) or len(landmarks) != NUM_LANDMARKS or not all(
+            p is None or (isinstance(p, list) and len(p) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_BOX_COORD
+                for v in p)) for p in landmarks)):
+        raise MessageError(f"{where}.landmarks: expected null or {NUM_LANDMARKS} [x, y] pairs, got {brief(landmarks)}")
     return FaceResult(box_xywh=tuple(box), emotion=emotion,
                       scores=_scores(r.get("scores"), f"{where}.scores"),
                       raw_scores=_scores(r.get("raw_scores"), f"{where}.raw_scores"),
-                      track_id=_get(r, "track_id", int, where))
+                      track_id=_get(r, "track_id", int, where), landmarks=landmarks)
 
 
 def decode(data: bytes, expect: str | None = None) -> Message:

@@ -19,9 +19,16 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "cluttered")
+BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "cluttered", "textured")
 """plain: one random gray level; noise: smoothed gaussian noise; cluttered: shapes, lines, gradients
-and text in colour (for measuring false detections)."""
+and text in colour (for measuring false detections); textured: colour fractal noise with oriented
+gratings (fabric, foliage, wood-like detail at every scale: what makes Haar slow and false-positive prone)."""
+
+PERSON_FACE_XYWH: tuple[int, int, int, int] = (170, 120, 198, 198)
+"""The face of matplotlib's sample photo grace_hopper.jpg (512x600) framed like FER2013: the square whose
+eyes and mouth corners sit where FER_TEMPLATE (shared.registration) puts them. From the hand-checked eye
+centres (227, 195), (308, 195) and mouth corners (229, 268), (302, 268): side = 73 px eye-to-mouth height
+* 48 / 17.7, top = eye line - 0.381 side, left = eye midpoint - 0.49 side."""
 
 
 def make_background(frame_size: tuple[int, int] = (640, 480), background: str = "plain",
@@ -61,7 +68,87 @@ def make_background(frame_size: tuple[int, int] = (640, 480), background: str = 
                 pts = rng.integers(0, [w, h], (int(rng.integers(3, 7)), 2)).astype(np.int32)
                 cv2.fillPoly(frame, [pts], color)
         return frame
+    if background == "textured":
+        acc = np.zeros((h, w, 3), np.float32)
+        for cell in (2, 4, 8, 16, 32, 64):  # fractal (1/f-like) colour noise
+            n = rng.normal(0, 1, (h // cell + 2, w // cell + 2, 3)).astype(np.float32)
+            acc += cv2.resize(n, (w + 2 * cell, h + 2 * cell), interpolation=cv2.INTER_CUBIC)[
+                cell:cell + h, cell:cell + w] * cell ** 0.6
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        for _ in range(int(rng.integers(2, 5))):  # oriented gratings: weave, stripes, grain
+            th, period = rng.uniform(0, np.pi), rng.uniform(3, 40)
+            wave = np.sin(2 * np.pi * (xx * np.cos(th) + yy * np.sin(th)) / period + rng.uniform(0, 6.3))
+            acc += wave[:, :, None] * rng.uniform(0.5, 3.0, 3).astype(np.float32) * 4.0
+        acc = (acc - acc.mean((0, 1))) / (acc.std((0, 1)) + 1e-6)
+        frame = acc * rng.uniform(25, 55) + rng.uniform(50, 200, 3).astype(np.float32)
+        return np.clip(frame, 0, 255).astype(np.uint8)
     raise ValueError(f"unknown background {background!r}; use one of {BACKGROUNDS}")
+
+
+def person_photo() -> np.ndarray:
+    """matplotlib's sample photo grace_hopper.jpg (BGR, 600x512): a real face with hair, cap, shoulders
+    and a flag behind; its FER2013-framed face box is PERSON_FACE_XYWH."""
+    import matplotlib
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"{path} is missing from the installed matplotlib")
+    return img
+
+
+def place_person(frame_bgr: np.ndarray, face_side: int, angle_deg: float, centre_xy: tuple[float, float],
+                 photo: np.ndarray | None = None, flip: bool = False, gain: float = 1.0,
+                 bias: float = 0.0) -> np.ndarray:
+    """Paste the person of `person_photo()` (face, hair, cap, shoulders and some of the photo's background)
+    into frame_bgr in place, scaled so the FER2013-framed face box has side `face_side`, turned by
+    `angle_deg` (counter-clockwise on screen) about the face centre, which lands at `centre_xy`.
+    Returns the face's (4,2) framed-box corners in the frame (the box turned with the face)."""
+    photo = person_photo() if photo is None else photo
+    fx, fy, fs, _ = PERSON_FACE_XYWH
+    if flip:
+        photo = photo[:, ::-1]
+        fx = photo.shape[1] - fx - fs
+    # the person with context: 0.65 side either side of the face, 0.5 above, 1.3 below (shoulders)
+    x0, y0 = max(0, int(fx - 0.65 * fs)), max(0, int(fy - 0.5 * fs))
+    x1, y1 = min(photo.shape[1], int(fx + 1.65 * fs)), min(photo.shape[0], int(fy + 2.3 * fs))
+    cut = np.clip(photo[y0:y1, x0:x1].astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+    k = face_side / fs
+    c = (fx + fs / 2 - x0, fy + fs / 2 - y0)  # face centre in the cut
+    m = cv2.getRotationMatrix2D(c, angle_deg, k)
+    m[:, 2] += [centre_xy[0] - c[0], centre_xy[1] - c[1]]
+    H, W = frame_bgr.shape[:2]
+    warped = cv2.warpAffine(cut, m, (W, H), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(np.full(cut.shape[:2], 255, np.uint8), m, (W, H), flags=cv2.INTER_LINEAR)
+    a = (mask.astype(np.float32) / 255.0)[:, :, None]
+    frame_bgr[:] = (warped * a + frame_bgr * (1 - a)).astype(np.uint8)
+    corners = np.array([[fx, fy], [fx + fs, fy], [fx + fs, fy + fs], [fx, fy + fs]], np.float64) - [x0, y0]
+    return corners @ m[:, :2].T + m[:, 2]
+
+
+def person_scene(frame_size: tuple[int, int] = (640, 480), people: int = 1, face_px: tuple[int, int] = (60, 180),
+                 angle_deg: tuple[float, float] = (-25.0, 25.0), background: str = "textured",
+                 rng: np.random.Generator | None = None, max_tries: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """A frame with `people` copies of the sample person (random size, angle, side, lighting; faces apart)
+    on a named background. Returns (frame_bgr, boxes_xywh int32 (K,4)): each face's FER2013-framed square,
+    axis-aligned around the face centre with the face's side (the box an upright face of that size has)."""
+    rng = rng if rng is not None else np.random.default_rng()
+    w, h = frame_size
+    frame = make_background(frame_size, background, rng)
+    photo = person_photo()
+    boxes: list[tuple[int, int, int, int]] = []
+    for i in range(people):
+        for _ in range(max_tries):
+            s = int(rng.integers(face_px[0], face_px[1] + 1))
+            cx, cy = float(rng.uniform(0.6 * s, w - 0.6 * s)), float(rng.uniform(0.6 * s, h - 0.6 * s))
+            box = (int(round(cx - s / 2)), int(round(cy - s / 2)), s, s)
+            if not _overlaps(box, boxes, int(0.6 * max(s, face_px[1]))):
+                break
+        else:
+            raise ValueError(f"could not fit person {i + 1} of {people} into {w}x{h}; use fewer or smaller faces")
+        place_person(frame, s, float(rng.uniform(*angle_deg)), (cx, cy), photo, flip=bool(rng.integers(0, 2)),
+                     gain=float(rng.uniform(0.7, 1.2)), bias=float(rng.uniform(-25, 25)))
+        boxes.append(box)
+    return frame, np.asarray(boxes, np.int32).reshape(-1, 4)
 
 
 def _overlaps(box: tuple[int, int, int, int], others: Sequence[tuple[int, int, int, int]], gap: int) -> bool:

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from shared.analyzer import landmarks_json
 from shared.draw import annotate
 from shared.labels import EMOTIONS, NUM_CLASSES
 from shared.messages import FaceResult
@@ -88,16 +89,18 @@ class FrameAnalyzer:
 
     def __init__(self, model_dir: str | Path | None = None, detector_kind: Optional[str] = None,
                  threads: int = 1) -> None:
-        from services.detect.detector import DetectorConfig, FaceDetector  # TEMP until shared.analysis
-        from shared.model import FacialExpressionModel
+        from shared.analyzer import FaceAnalyzer
+        from shared.config import Config
 
-        self.detector = FaceDetector(DetectorConfig(kind=detector_kind) if detector_kind else None)
-        self.model = FacialExpressionModel(model_dir, num_threads=threads)
+        cfg = Config.from_env()  # the pipeline's detector settings (FERLIVE_DETECTOR_*), so results match it
+        if detector_kind:
+            cfg = cfg.replace(detector_kind=detector_kind)
+        self.analyzer = FaceAnalyzer.load(model_dir, detector=cfg, num_threads=threads)
 
     def __call__(self, frame_bgr: np.ndarray) -> FrameFaces:
-        det = self.detector.detect(frame_bgr)  # no source id: every call is a full, stateless detection
-        probs = self.model.predict_proba(det.crops) if len(det) else np.zeros((0, NUM_CLASSES), np.float32)
-        return FrameFaces(det.boxes_xywh, probs, det.crops, getattr(det, "landmarks", None))
+        # detect=True, no source id: every frame is searched whole, so no state carries between frames
+        res = self.analyzer.analyze(frame_bgr, detect=True)
+        return FrameFaces(res.boxes_xywh, res.probs, res.crops, res.landmarks)
 
 
 def _open_capture(source: str, options: AnalyzeOptions):
@@ -214,16 +217,6 @@ def csv_header() -> list[str]:
     return ["time_s", "frame", "track_id", "x", "y", "w", "h", *lm, *EMOTIONS, "emotion"]
 
 
-def result_json(box, probs: np.ndarray, landmarks: Optional[np.ndarray], track_id: Optional[int] = None) -> dict:
-    """One face in the API's result shape: box, emotion, scores, landmarks (and track_id in videos)."""
-    out = {"box": [int(v) for v in box], "emotion": EMOTIONS[int(np.argmax(probs))],
-           "scores": {e: round(float(p), 4) for e, p in zip(EMOTIONS, probs)},
-           "landmarks": None if landmarks is None else [[round(float(x), 1), round(float(y), 1)] for x, y in landmarks]}
-    if track_id is not None:
-        out["track_id"] = int(track_id)
-    return out
-
-
 ProgressFn = Callable[[int, Optional[int], float], None]
 """progress(frames_done, frames_total_or_None, seconds_elapsed)."""
 
@@ -280,14 +273,16 @@ def analyze_video(source: str, out_dir: str | Path, options: AnalyzeOptions = An
                     lm = faces.landmarks[i] if faces.landmarks is not None else None
                     p = smoothed[i]
                     table.writerow([f"{t:.3f}", index, int(ids[i]), *map(int, faces.boxes_xywh[i]),
-                                    *([f"{v:.1f}" for v in lm.ravel()] if lm is not None else [""] * 10),
+                                    *([f"{v:.1f}" if np.isfinite(v) else "" for v in lm.ravel()]
+                                      if lm is not None else [""] * 10),
                                     *(f"{v:.4f}" for v in p), EMOTIONS[int(np.argmax(p))]])
                     rows += 1
                     stats = tracks.setdefault(int(ids[i]), _TrackStats(first_s=t, last_s=t))
                     stats.add(t, p)
                     latest.append(FaceResult(tuple(int(v) for v in faces.boxes_xywh[i]), EMOTIONS[int(np.argmax(p))],
                                              {e: float(v) for e, v in zip(EMOTIONS, p)},
-                                             {e: float(v) for e, v in zip(EMOTIONS, faces.probs[i])}, int(ids[i])))
+                                             {e: float(v) for e, v in zip(EMOTIONS, faces.probs[i])}, int(ids[i]),
+                                             landmarks_json(lm) if lm is not None else None))
             if writer is not None:
                 writer.write(annotate(frame, latest))
             if progress is not None:

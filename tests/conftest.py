@@ -57,5 +57,5 @@ def tiny_model_dir(tiny_run_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def detector():
     """The pipeline's face detector with its default (measured) configuration."""
-    from services.detect.detector import FaceDetector
+    from shared.detector import FaceDetector
     return FaceDetector()

@@ -132,10 +132,10 @@ def test_cli_predict(tiny_model_dir, sample_data, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     by_image = {d["image"]: d for d in lines}
-    assert by_image[str(blank)]["faces"] == 0
-    hit = by_image[str(face)]
-    assert hit["box_xywh"] == [0, 0, 48, 48] and hit["label"] in EMOTIONS
-    assert list(hit["probs"]) == list(EMOTIONS) and sum(hit["probs"].values()) == pytest.approx(1, abs=1e-3)
+    assert by_image[str(blank)]["faces"] == []
+    (hit,) = by_image[str(face)]["faces"]
+    assert hit["box"] == [0, 0, 48, 48] and hit["emotion"] in EMOTIONS and hit["landmarks"] is None
+    assert list(hit["scores"]) == list(EMOTIONS) and sum(hit["scores"].values()) == pytest.approx(1, abs=1e-3)
 
 
 def test_export_ensemble_averages_the_members_in_every_form(tiny_run_dir, sample_csv, sample_data, tmp_path):

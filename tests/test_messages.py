@@ -167,3 +167,26 @@ def test_predictions_validate_rows():
         Predictions(make_faces(2), np.zeros((1, 7), np.float32))
     with pytest.raises(MessageError, match=r"expected shape \(N,7\)"):
         Predictions(make_faces(2), np.zeros((2, 6), np.float32))
+
+
+def test_landmarks_travel_with_faces_and_results():
+    lm = np.random.default_rng(2).uniform(0, 400, (2, 5, 2)).astype(np.float32)
+    lm[1] = np.nan  # a detector without landmarks for this face
+    f = make_faces(2)
+    f = Faces(f.frame, f.boxes_xywh, f.crops, job=1, run=2, landmarks=lm)
+    back = decode(encode(Predictions(f, np.full((2, 7), 1 / 7, np.float32))), expect="predictions")
+    np.testing.assert_array_equal(back.faces.landmarks, lm)  # NaN compares equal here
+    assert back.faces.landmarks.dtype == np.float32
+    assert np.isnan(make_faces(1).landmarks).all() and make_faces(1).landmarks.shape == (1, 5, 2)
+    with pytest.raises(MessageError, match="landmarks"):
+        Faces(f.frame, f.boxes_xywh, f.crops, landmarks=np.zeros((2, 4, 2)))
+    with pytest.raises(MessageError, match="landmarks: .* bytes"):
+        decode(rewrite(f, landmarks=b"\x00" * 8))
+    r = make_result()
+    r.landmarks = [[1.0, 2.0], None, [3.0, 4.5], [5, 6], [7, 8]]
+    ann = decode(encode(Annotated(make_frame(), [r, make_result()])))
+    assert ann.results[0].landmarks == r.landmarks and ann.results[1].landmarks is None
+    with pytest.raises(MessageError, match="landmarks"):
+        bad = msgpack.unpackb(encode(Annotated(make_frame(), [r])), raw=False)
+        bad["results"][0]["landmarks"] = [[1, 2]]
+        decode(msgpack.packb(bad, use_bin_type=True))

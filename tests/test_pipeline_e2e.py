@@ -32,7 +32,7 @@ FPS = 5  # well below detect's capacity on a loaded 2-core CI: this tests loss w
 
 @pytest.fixture(scope="module")
 def detector_cls():
-    from services.detect.detector import FaceDetector
+    from shared.detector import FaceDetector
     return FaceDetector
 
 
@@ -259,7 +259,7 @@ def test_bad_frames_are_counted_not_fatal(pipeline, sample_data):
     pipe.pump(0.5)
     c = pipe.counters("detect")
     assert (c.get("bad_messages"), c.get("bad_frames"), c.get("frames_out")) == (2, 2, 1)
-    assert SCHEMA_VERSION == 2
+    assert 0 < SCHEMA_VERSION < 0x63  # a positive fixint, so the byte rewrite above made another version
     sink = bus.make_socket(pipe.ctx, "PUSH", "test_bad", pipe.cfg.predictions_endpoint, bind=False, hwm=4)
     time.sleep(0.2)
     assert bus.send_within(sink, b"\x00junk", 1000)

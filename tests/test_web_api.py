@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from services.web import create_app, close_app
-from services.web.predictor import Predictor
+from shared.analyzer import FaceAnalyzer
 from services.web.testing import detectable_faces, encode_jpeg, pipeline_config, place_faces
 from shared.labels import EMOTIONS
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_model_dir, detector):
+def analyzer(tiny_model_dir, detector):
     from shared.model import FacialExpressionModel
-    return Predictor(detector, FacialExpressionModel(tiny_model_dir), tiny_model_dir)
+    return FaceAnalyzer(detector, FacialExpressionModel(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,9 @@ def faces(sample_data, detector):
 @pytest.fixture
 def app(request, tiny_model_dir):
     extra = getattr(request, "param", {})
-    predictor = request.getfixturevalue("predictor") if extra.pop("real_predictor", True) else None
+    analyzer = request.getfixturevalue("analyzer") if extra.pop("real_analyzer", True) else None
     app = create_app({"FERLIVE": pipeline_config(), "TESTING": True, "MODEL_DIR": str(tiny_model_dir),
-                      "PREDICTOR": predictor, **extra})
+                      "ANALYZER": analyzer, **extra})
     yield app
     close_app(app)
 
@@ -116,12 +116,12 @@ def test_predict_multipart_png(client, faces):
     check_faces(r.get_json(), boxes)
 
 
-def test_predict_agrees_with_the_pipeline_pieces(client, faces, detector, predictor):
+def test_predict_agrees_with_the_pipeline_pieces(client, faces, detector, analyzer):
     frame, _ = place_faces(faces[:1], [(200, 100)])
     jpeg = encode_jpeg(frame)
     d = client.post("/api/predict", data=jpeg).get_json()
     det = detector.detect(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
-    probs = predictor.model.predict_proba(det.crops)
+    probs = analyzer.model.predict_proba(det.crops)
     assert [f["box"] for f in d["faces"]] == det.boxes_xywh.tolist()
     np.testing.assert_allclose([list(f["scores"].values()) for f in d["faces"]], probs, atol=1e-4)
 
@@ -175,7 +175,7 @@ def test_predict_over_the_size_limit_is_json_413(client):
     assert r.status_code == 413 and r.is_json and "too large" in r.get_json()["error"]
 
 
-@pytest.mark.parametrize("app", [{"MAX_CONTENT_LENGTH": 50_000, "real_predictor": False}], indirect=True)
+@pytest.mark.parametrize("app", [{"MAX_CONTENT_LENGTH": 50_000, "real_analyzer": False}], indirect=True)
 def test_size_limit_is_configurable(client):
     noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
     r = client.post("/api/predict", data=encode_jpeg(noise, 95))

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def faces(sample_data, detector):
-    return detectable_faces(sample_data.faces, detector, count=4)
+    return detectable_faces(sample_data.faces, detector, count=4,
+                            positions=((40, 120), (400, 160), (200, 100), (235, 155)))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import numpy as np
 
+from shared.analyzer import landmarks_json
 from shared.labels import EMOTIONS, NUM_CLASSES
 from shared.messages import FaceResult, Predictions
 from shared.tracking import Tracker
@@ -104,5 +105,5 @@ def face_results(preds: Predictions, tracker: Tracker) -> list[FaceResult]:
     return [FaceResult(box_xywh=tuple(int(v) for v in boxes[i]), emotion=EMOTIONS[int(np.argmax(smoothed[i]))],
                        scores={e: float(p) for e, p in zip(EMOTIONS, smoothed[i])},
                        raw_scores={e: float(p) for e, p in zip(EMOTIONS, probs[i])},
-                       track_id=int(ids[i]))
+                       track_id=int(ids[i]), landmarks=landmarks_json(preds.faces.landmarks[i]))
             for i in range(len(boxes))]

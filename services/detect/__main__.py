@@ -1,4 +1,4 @@
-"""python -m services.detect: frames in, faces (boxes + 48x48 gray crops) out to the classify workers."""
+"""python -m services.detect: frames in, faces (boxes + landmarks + 48x48 gray crops) out to the classify workers."""
 from __future__ import annotations
 
 import sys
@@ -8,15 +8,22 @@ from shared.config import Config, ConfigError
 from services.detect.stage import run
 
 
+def build_analyzer(cfg: Config):
+    """The detect stage's analyzer: shared.analyzer.FaceAnalyzer with the Config's detector, no model
+    (classification happens in the classify workers)."""
+    from shared.analyzer import FaceAnalyzer  # the one analysis path (detection only here)
+    from shared.detector import FaceDetector
+    return FaceAnalyzer(FaceDetector(cfg))
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = Config.from_env_and_args(argv, prog="python -m services.detect",
                                    description="Find faces in frames and send 48x48 crops to classify.")
     bus.setup_logging(cfg, "detect")
     bus.install_signal_handlers()
-    from services.detect.detector import FaceDetector  # the detector engineer's module
-    detector = FaceDetector(cfg)
+    analyzer = build_analyzer(cfg)
     try:
-        run(cfg, detector)
+        run(cfg, analyzer)
     except (bus.Shutdown, KeyboardInterrupt):
         pass
     except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart

@@ -1,7 +1,8 @@
 """Detect's logic: Frame message -> Faces message (decode the JPEG once, find faces, crop 48x48 gray).
 
-The detector is injected (``services.detect.detector.FaceDetector`` in the service): anything with
-``detect(frame_bgr) -> Detections`` (``boxes_xywh`` int32 (N,4), ``crops`` uint8 (N,48,48)).
+The detector is injected (``shared.analyzer.FaceAnalyzer`` in the service, the one analysis path the API and
+CLI use too): anything with ``detect(frame_bgr, source_id) -> Detections`` (``boxes_xywh`` int32 (N,4),
+``crops`` uint8 (N,48,48), ``landmarks`` float32 (N,5,2)).
 """
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ class DetectStage:
             self.guard.bad("bad_frames", exc)
             return None
         det = self.detector.detect(frame_bgr, source_id=frame.source_id)  # per-source state, if any
-        faces = Faces(frame=frame, boxes_xywh=det.boxes_xywh, crops=det.crops, job=self.job, run=self.run)
+        faces = Faces(frame=frame, boxes_xywh=det.boxes_xywh, crops=det.crops, job=self.job, run=self.run,
+                      landmarks=getattr(det, "landmarks", None))
         self.counters["faces"] += len(faces)
         return faces
 

@@ -1,11 +1,12 @@
 """The web stage: a Flask app showing the pipeline's annotated stream, a browser-webcam page and an API.
 
     app = create_app()                       # production: Config from FERLIVE_* env vars
-    app = create_app({"FERLIVE": cfg, ...})  # tests: inject the config, hub, predictor, model dir
+    app = create_app({"FERLIVE": cfg, ...})  # tests: inject the config, hub, analyzer, model dir
 
 Shared objects are built once here and kept in ``app.extensions``:
 ``ferlive.config`` (shared.config.Config), ``ferlive.hub`` (PipelineHub: the one subscription),
-``ferlive.predictor`` (LazyPredictor: detector + model for POST /api/predict), ``ferlive.model_card``.
+``ferlive.analyzer`` (shared.analyzer.LazyAnalyzer: the one detector + registration + model path, for
+POST /api/predict), ``ferlive.model_card``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     """Build the app. Keys of `test_config` (all optional):
 
     FERLIVE (Config; default Config.from_env()), HUB (a PipelineHub, or False for none),
-    PREDICTOR (an object with .predict(frame_bgr, scale)), MODEL_DIR (default Config.model_dir),
+    ANALYZER (a shared.analyzer.FaceAnalyzer), MODEL_DIR (default Config.model_dir),
     MAX_CONTENT_LENGTH (bytes, default 10 MB), MAX_IMAGE_SIDE (px, default 1280),
     WS_MAX_FRAME_BYTES (default 2 MB), WS_RESULT_TIMEOUT (s, default 2.0),
     MAX_CONCURRENT_DECODES (uploads + WebSocket frames decoded at once, default 8; 503 beyond),
@@ -40,7 +41,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     from services.web.guards import DecodeSlots, origin_allowed, parse_origins
     from services.web.hub import PipelineHub
     from shared.images import ImageLimits
-    from services.web.predictor import LazyPredictor, Predictor, read_card
+    from shared.analyzer import FaceAnalyzer, LazyAnalyzer
     from shared.config import Config
     from shared.labels import EMOTIONS
 
@@ -49,7 +50,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.config.from_mapping(
         FERLIVE=None,
         HUB=None,
-        PREDICTOR=None,
+        ANALYZER=None,
         MODEL_DIR=None,
         MAX_CONTENT_LENGTH=10 * 1024 * 1024,
         MAX_IMAGE_SIDE=1280,
@@ -84,10 +85,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     if hub is None:
         hub = PipelineHub(cfg)
     app.extensions["ferlive.hub"] = hub or None
-    predictor = app.config["PREDICTOR"]
-    app.extensions["ferlive.predictor"] = (LazyPredictor(lambda: predictor) if predictor is not None
-                                           else LazyPredictor(lambda: Predictor.load(model_dir)))
-    app.extensions["ferlive.model_card"] = read_card(model_dir)
+    analyzer = app.config["ANALYZER"]
+    app.extensions["ferlive.analyzer"] = (LazyAnalyzer(lambda: analyzer) if analyzer is not None else
+                                          LazyAnalyzer(lambda: FaceAnalyzer.load(model_dir, detector=cfg)))
+    app.extensions["ferlive.model_card"] = _model_card(model_dir)
 
     app.config["MODEL_DIR_RESOLVED"] = model_dir
     from services.web import api, jobs, pages, stream, ws
@@ -140,6 +141,16 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         return resp
 
     return app
+
+
+def _model_card(model_dir: Optional[str]) -> dict[str, Any]:
+    """The model's card.json for /api/model ({} when it cannot be read: /api/predict then says why)."""
+    from shared.model import DEFAULT_MODEL_DIR, read_card
+    try:
+        return read_card(model_dir or DEFAULT_MODEL_DIR)
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("no model card: %s", exc)
+        return {}
 
 
 def close_app(app: Flask) -> None:

@@ -79,11 +79,24 @@ def _upload_bytes() -> bytes:
     return request.get_data(cache=False)
 
 
+DETECT_VALUES = {"auto": None, "1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _detect_param() -> bool | None:
+    """?detect= (or the form field): auto (default: images up to 96 px are one face crop), 1 or 0."""
+    raw = (request.args.get("detect") or request.form.get("detect") or "auto").strip().lower()
+    if raw not in DETECT_VALUES:
+        raise ImageError(f"detect={raw!r}: use auto, 1 (search the image for faces) or 0 (the image is one face crop)")
+    return DETECT_VALUES[raw]
+
+
 @bp.post("/predict")
 def predict():
-    """An image (multipart 'image' or raw JPEG/PNG body) -> faces with box, emotion and scores."""
+    """An image (multipart 'image' or raw JPEG/PNG body) -> faces with box, emotion, scores, landmarks.
+    ``?detect=0`` takes the image as one face crop (no detection); ``?detect=1`` always searches it."""
     t0 = time.perf_counter()
     try:
+        detect = _detect_param()
         with current_app.extensions["ferlive.decode_slots"].slot():
             data = _upload_bytes()
             image = decode_image(data, current_app.extensions["ferlive.image_limits"])
@@ -96,11 +109,11 @@ def predict():
         return resp
     t1 = time.perf_counter()
     try:
-        predictor = current_app.extensions["ferlive.predictor"].get()
-    except (FileNotFoundError, ValueError) as exc:  # no bundled model / a bad --model-dir
+        analyzer = current_app.extensions["ferlive.analyzer"].get()
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # no bundled model / a bad --model-dir
         return jsonify(error=f"model not available: {exc}", status=503), 503
-    results, steps = predictor.predict(image.frame_bgr, image.scale)
+    result = analyzer.analyze(image.frame_bgr, detect=detect)
     total = (time.perf_counter() - t0) * 1e3
-    return jsonify(faces=[r.to_json() for r in results], width=image.original_wh[0],
+    return jsonify(faces=result.to_json(image.scale), width=image.original_wh[0],
                    height=image.original_wh[1], timing_ms=round(total, 2),
-                   steps_ms={"decode": round((t1 - t0) * 1e3, 2), **steps})
+                   steps_ms={"decode": round((t1 - t0) * 1e3, 2), **result.timing_ms})

@@ -64,9 +64,10 @@ class SourceSlot:
 
 
 def result_json(msg: Annotated) -> list[dict[str, Any]]:
-    """An annotated frame's faces as the API's JSON (box, emotion, smoothed scores, track id)."""
+    """An annotated frame's faces as the API's JSON (box, emotion, smoothed scores, landmarks, track id)."""
     return [{"box": list(r.box_xywh), "emotion": r.emotion,
-             "scores": {k: safe_score(v) for k, v in r.scores.items()}, "track_id": r.track_id}
+             "scores": {k: safe_score(v) for k, v in r.scores.items()}, "landmarks": r.landmarks,
+             "track_id": r.track_id}
             for r in msg.results]
 
 

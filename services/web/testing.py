@@ -113,7 +113,7 @@ def place_faces(faces_gray: Sequence[np.ndarray], positions: Sequence[tuple[int,
                 size: tuple[int, int] = (640, 480), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """FER2013 faces (48x48 gray) as `side`-px squares with top-left corners at `positions` in a BGR frame
     of `size` (w, h), via shared.synthetic, on a background drawn from `seed` (the same frame every run:
-    whether Haar finds a face can hinge on the background's shade). Returns (frame_bgr, boxes_xywh (N,4))."""
+    whether a detector finds a face can hinge on the background's shade). Returns (frame_bgr, boxes_xywh (N,4))."""
     from shared import synthetic
     boxes = np.asarray([(x, y, side, side) for x, y in positions], np.int32).reshape(-1, 4)
     return synthetic.place_faces(list(faces_gray), size, boxes_xywh=boxes, background="plain",
@@ -124,7 +124,7 @@ def detectable_faces(sample_faces: np.ndarray, detector: Any, count: int = 4, si
                      positions: Sequence[tuple[int, int]] = ((235, 155), (200, 100)),
                      scales: Sequence[float] = (1.0, 2.0)) -> list[np.ndarray]:
     """The first `count` faces of a FER2013 sample that `detector` finds alone in a frame at every one of
-    `positions` and, through a JPEG round trip, with the frame resized by every one of `scales` (Haar's
+    `positions` and, through a JPEG round trip, with the frame resized by every one of `scales` (a detector's
     answer for a borderline face can flip with a few pixels of shift or resampling)."""
     found = []
     for face in sample_faces:

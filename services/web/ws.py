@@ -181,7 +181,10 @@ class FrameSession:
             self._inflight = None
             s = f.scale
             faces = [{"box": [int(round(v * s)) for v in r.box_xywh], "emotion": r.emotion,
-                      "scores": {k: safe_score(v) for k, v in r.scores.items()}, "track_id": r.track_id}
+                      "scores": {k: safe_score(v) for k, v in r.scores.items()},
+                      "landmarks": ([[round(c * s, 1) for c in p] if p is not None else None for p in r.landmarks]
+                                    if r.landmarks is not None else None),
+                      "track_id": r.track_id}
                      for r in msg.results]
             self.counters["results"] += 1
             self._outbox.append({"type": "result", "seq": f.client_seq, "width": f.width, "height": f.height,

@@ -44,7 +44,7 @@ const FER = (() => {
     return { px: Math.max(0, Math.min(cw - pw, x)), py: Math.max(0, Math.min(ch - ph, y + h + 6)) };
   }
 
-  // faces: [{box:[x,y,w,h], emotion, scores:{...}}] in source pixels; sx, sy: source -> CSS pixels.
+  // faces: [{box:[x,y,w,h], emotion, scores:{...}, landmarks:[[x,y]x5]|null}] in source pixels; sx, sy: source -> CSS pixels.
   // Returns what was drawn, also stored on canvas.dataset (boxes, labels, bars) for tests and tools.
   function drawFaces(canvas, faces, sx, sy) {
     const ctx = canvas.getContext("2d");
@@ -65,6 +65,14 @@ const FER = (() => {
       ctx.lineWidth = 3;
       ctx.strokeStyle = color;
       ctx.strokeRect(x, y, w, h);
+      // the five landmarks, when the detector gives them
+      ctx.fillStyle = color;
+      for (const p of face.landmarks || []) {
+        if (!p) continue;
+        ctx.beginPath();
+        ctx.arc(p[0] * sx, p[1] * sy, 2.5, 0, 2 * Math.PI);
+        ctx.fill();
+      }
       // label above the box (inside it if there is no room)
       const label = `${emo} ${pct(face.scores[emo])}%`;
       ctx.font = "600 15px system-ui, sans-serif";

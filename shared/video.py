@@ -252,7 +252,7 @@ def analyze_video(source: str, out_dir: str | Path, options: AnalyzeOptions = An
     t_start = time.monotonic()
     latest: list[FaceResult] = []
     prev_thumb = None
-    csv_file = open(out / CSV_FILE, "w", newline="")
+    csv_file = open(out / CSV_FILE, "w", newline="", buffering=1)  # line-buffered: rows on disk as they come
     try:
         table = csv.writer(csv_file)
         table.writerow(csv_header())

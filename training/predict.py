@@ -79,15 +79,10 @@ def predict_images(analyzer, paths: list[str | Path], detect: bool | None = None
 
 def annotated_copy(image_bgr, analysis) -> Any:
     """The image with each face's box, label, probability bars and landmarks drawn (shared.draw)."""
-    from shared.analyzer import landmarks_json
+    from shared.analyzer import face_results
     from shared.draw import annotate
-    from shared.messages import FaceResult
 
-    results = [FaceResult(tuple(int(v) for v in box), emotion, dict(zip(analysis.labels, map(float, probs))),
-                          dict(zip(analysis.labels, map(float, probs))), k, landmarks_json(lm))
-               for k, (box, emotion, probs, lm) in enumerate(zip(analysis.boxes_xywh, analysis.emotions,
-                                                                 analysis.probs, analysis.landmarks))]
-    return annotate(image_bgr.copy(), results)
+    return annotate(image_bgr.copy(), face_results(analysis.boxes_xywh, analysis.probs, landmarks=analysis.landmarks))
 
 
 def add_cli(sub) -> None:
@@ -117,7 +112,7 @@ CSV_COLUMNS = ("image", "face", "x", "y", "w", "h")
 
 
 def _cmd_predict(a) -> int:
-    from shared.analyzer import FaceAnalyzer
+    from shared.analyzer import LANDMARK_COLUMNS, FaceAnalyzer
     from shared.config import Config
     from shared.labels import EMOTIONS
 
@@ -165,7 +160,7 @@ def _cmd_predict(a) -> int:
         else:
             with open(out, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow([*CSV_COLUMNS, *[f"lm{k}_{c}" for k in range(5) for c in "xy"], *EMOTIONS, "emotion"])
+                w.writerow([*CSV_COLUMNS, *LANDMARK_COLUMNS, *EMOTIONS, "emotion"])
                 for r in collected:
                     for k, face in enumerate(r["faces"]):
                         lm = face["landmarks"] or [None] * 5

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Optional
 
-import numpy as np
-
-from shared.analyzer import landmarks_json
-from shared.labels import EMOTIONS, NUM_CLASSES
+from shared.analyzer import face_results as results_of
 from shared.messages import FaceResult, Predictions
 from shared.tracking import Tracker
 
@@ -102,8 +99,4 @@ def face_results(preds: Predictions, tracker: Tracker) -> list[FaceResult]:
     """Track the frame's faces and turn them into FaceResults (smoothed label + raw model scores)."""
     boxes, probs = preds.faces.boxes_xywh, preds.probs
     ids, smoothed = tracker.update(boxes, probs, preds.faces.crops)
-    return [FaceResult(box_xywh=tuple(int(v) for v in boxes[i]), emotion=EMOTIONS[int(np.argmax(smoothed[i]))],
-                       scores={e: float(p) for e, p in zip(EMOTIONS, smoothed[i])},
-                       raw_scores={e: float(p) for e, p in zip(EMOTIONS, probs[i])},
-                       track_id=int(ids[i]), landmarks=landmarks_json(preds.faces.landmarks[i]))
-            for i in range(len(boxes))]
+    return results_of(boxes, probs, smoothed, ids, preds.faces.landmarks)

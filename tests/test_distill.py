@@ -187,3 +187,9 @@ def test_distill_cli_needs_a_teacher_and_refuses_unknown_models(tmp_path):
                           str(tmp_path / "r2")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "unknown model 'nope'" in out.stderr and "vgg_small" in out.stderr
     assert not (tmp_path / "r2").exists()  # a typo leaves no empty run folder
+
+
+def test_training_targets_refuse_test_rows(fer_zip_data, votes):
+    test_row = int(np.flatnonzero(fer_zip_data.splits == "PrivateTest")[0])
+    with pytest.raises(ValueError, match="never training targets"):
+        votes.training_targets(fer_zip_data, np.array([0, test_row]))

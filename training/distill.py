@@ -123,13 +123,8 @@ def distillation_targets(cfg, full: FerData, keep: np.ndarray, run: Path) -> np.
         from training.data import DEFAULT_DATA
         from training.ferplus import load_ferplus
         votes = load_ferplus(cfg.data if cfg.data is not None else DEFAULT_DATA)
-        dist_all, usable_all = votes.distributions()
-        # Training rows only: the test splits' votes never become targets.
-        rows = keep[train_rows]
-        if not (full.splits[rows] == "Training").all():
-            raise AssertionError("FER+ targets requested for non-Training rows")
-        ferplus, usable = dist_all[rows], usable_all[rows]
-        log.info("FER+ votes usable for %d of %d Training faces", usable.sum(), len(rows))
+        ferplus, usable = votes.training_targets(full, keep[train_rows])  # refuses any test row
+        log.info("FER+ votes usable for %d of %d Training faces", usable.sum(), len(usable))
     targets = mix_targets(labels, teacher, cfg.teacher_weight, ferplus, usable, cfg.ferplus_weight)
     agree = float((targets.argmax(1) == labels).mean())
     stats = {"n": int(len(labels)), "argmax_agrees_with_label": agree,

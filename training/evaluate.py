@@ -155,7 +155,7 @@ def _cmd_evaluate(a) -> int:
         fem = (FacialExpressionModel(a.model_dir, backend="keras") if form == "keras" else
                FacialExpressionModel(a.model_dir, precision=form, num_threads=a.threads))
         predict, name = fem.predict_proba, f"{a.model_dir} ({fem.card.get('name')})"
-    from training.ferplus import majority_accuracy, majority_or_none
+    from training.ferplus import majority_accuracy, majority_or_none, votes_or_none
 
     data = load_fer2013(data_path)
     split = data.split(a.split)
@@ -163,7 +163,7 @@ def _cmd_evaluate(a) -> int:
     probs = predict_all(with_flip_tta(predict) if a.tta else predict, split.faces)
     report = classification_report(split.labels, probs)
     text = format_report(report, title)
-    majority = majority_or_none(data_path, data, a.split)
+    majority = majority_or_none(votes_or_none(data_path), data, a.split)
     if majority is not None:  # the second metric: the same predictions against the FER+ crowd majority
         report["ferplus_majority"] = majority_accuracy(probs, majority)
         fp = report["ferplus_majority"]

@@ -261,9 +261,10 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
             log.info("%s %s: accuracy %.4f, with flip TTA %.4f", form, split_name, row[form]["accuracy"],
                      row[form]["accuracy_flip_tta"])
         metrics[split_name] = row
-    from training.ferplus import majority_accuracy, majority_or_none
+    from training.ferplus import majority_accuracy, majority_or_none, votes_or_none
+    votes = votes_or_none(data)
     for split_name in ("PublicTest", "PrivateTest"):  # second metric: against the FER+ crowd majority
-        majority = majority_or_none(data, fer, split_name)
+        majority = majority_or_none(votes, fer, split_name)
         if majority is not None:
             metrics.setdefault("ferplus_majority", {})[split_name] = {
                 form: majority_accuracy(probs[form, split_name], majority) for form in forms}

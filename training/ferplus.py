@@ -68,14 +68,16 @@ class FerPlusVotes:
         if len(data) != len(self):
             raise ValueError(f"{len(self)} FER+ rows for {len(data)} FER2013 rows: load both from the same zip")
 
-    def training_targets(self, data: FerData) -> tuple[np.ndarray, np.ndarray]:
-        """The (N_train,7) vote distributions and usable mask of the Training rows of `data` (the whole
-        loaded data set, aligned with these votes). Only Training rows ever come out: test votes are never
-        training targets."""
+    def training_targets(self, data: FerData, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The (N,7) vote distributions and usable mask of `rows` of `data` (the whole loaded data set,
+        aligned with these votes; default: every Training row). ValueError for any row outside Training:
+        test votes are never training targets."""
         self._check(data)
+        rows = np.flatnonzero(data.splits == "Training") if rows is None else np.asarray(rows)
+        if not (data.splits[rows] == "Training").all():
+            raise ValueError("FER+ votes of PublicTest/PrivateTest rows are never training targets")
         dist, usable = self.distributions()
-        train = data.splits == "Training"
-        return dist[train], usable[train]
+        return dist[rows], usable[rows]
 
     def majority(self, data: FerData, split: str) -> np.ndarray:
         """int64 labels of `split`'s rows by FER+ majority vote; -1 (EXCLUDED) where there are no votes, where
@@ -138,15 +140,22 @@ def load_ferplus(zip_path: str | Path | None = None, votes_path: str | Path | No
     return FerPlusVotes(counts, matched)
 
 
-def majority_or_none(data_path: str | Path | None, data: FerData, split: str) -> np.ndarray | None:
-    """FER+ majority labels of `split` for the second metric, or None (logged) when the data is not the
-    image zip FER+ is keyed by or the votes file is absent."""
+def votes_or_none(data_path: str | Path | None) -> FerPlusVotes | None:
+    """The FER+ votes for the second metric, or None (logged) when the data is not the image zip FER+ is
+    keyed by or the votes file is absent."""
     zip_path = Path(data_path) if data_path is not None else DEFAULT_DATA
     if zip_path.suffix.lower() != ".zip" or not DEFAULT_VOTES.is_file():
         log.info("FER+ metric skipped: needs the image zip and %s", DEFAULT_VOTES)
         return None
+    return load_ferplus(zip_path)
+
+
+def majority_or_none(votes: FerPlusVotes | None, data: FerData, split: str) -> np.ndarray | None:
+    """FER+ majority labels of `split`, or None when there are no votes or they belong to another zip."""
+    if votes is None:
+        return None
     try:
-        return load_ferplus(zip_path).majority(data, split)
+        return votes.majority(data, split)
     except ValueError as e:  # another zip than the votes were matched to
         log.warning("FER+ metric skipped: %s", e)
         return None

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 from shared.labels import EMOTION_TO_CODE, NUM_CLASSES
 from training.distill import TEACHER_CACHE, mix_targets, soften
 from training.ferplus import EXCLUDED, VOTE_COLUMNS, FerPlusVotes, load_ferplus, read_votes_csv
+from helpers import kill_after_epochs
 from training.train import HISTORY, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,19 +153,7 @@ def test_killed_distillation_resumes_on_the_same_targets(images_zip, tmp_path):
            str(epochs), "--batch-size", "16", "--no-augment"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    with open(tmp_path / "first.log", "w") as log1:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log1, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        try:
-            while not (run / HISTORY).exists() or len((run / HISTORY).read_text().splitlines()) < 3:
-                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "no two epochs within 300 s"
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    kill_after_epochs(cmd, ROOT, env, run, 2, tmp_path / "first.log", 300)
     cache_mtime = (run / TEACHER_CACHE).stat().st_mtime_ns
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]

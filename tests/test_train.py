@@ -2,7 +2,6 @@
 the CLI answers --help without loading TensorFlow."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import history_epochs, kill_after_epochs
 from training.train import HISTORY, LAST_MODEL, TrainConfig, lr_at, take_per_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,13 +24,6 @@ def _env(tmp_path: Path) -> dict[str, str]:
                PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
-
-
-def _epochs(history: Path) -> list[int]:
-    if not history.exists():
-        return []
-    with open(history, newline="") as f:
-        return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch", "").strip()]
 
 
 # --- pure pieces -------------------------------------------------------------------------------------
@@ -131,30 +124,17 @@ def test_resume_after_kill(sample_csv, tmp_path):
     epochs = 8
     cmd = [sys.executable, "-m", "training", "train", "--model", "tiny_cnn", "--data", str(sample_csv),
            "--run-dir", str(run), "--epochs", str(epochs), "--batch-size", "16", "--seed", "3"]
-    log1 = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=log1, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    try:
-        while len(_epochs(run / HISTORY)) < 2:
-            assert proc.poll() is None, f"run ended early: {(tmp_path / 'first.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "no two epochs within 240 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log1.close()
+    proc = kill_after_epochs(cmd, ROOT, _env(tmp_path), run, 2, tmp_path / "first.log", 240)
     assert proc.returncode == -signal.SIGKILL
     killed_timing = json.loads((run / "timing.json").read_text())  # the killed session's epochs count
     assert killed_timing["sessions"] == 1 and killed_timing["epochs_done"] >= 2 and killed_timing["seconds"] > 0
-    before = _epochs(run / HISTORY)
+    before = history_epochs(run / HISTORY)
     assert before == list(range(len(before))) and 2 <= len(before) < epochs, before
     assert not (run / LAST_MODEL).exists()
 
     second = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-    after = _epochs(run / HISTORY)
+    after = history_epochs(run / HISTORY)
     assert after[:len(before)] == before
     resumed = after[len(before):]
     # the next epoch, or (killed between its history row and its backup) the last one again: never earlier

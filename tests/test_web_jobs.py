@@ -93,3 +93,19 @@ def test_multipart_without_a_video_field_and_unknown_jobs(app):
     assert r.status_code == 400 and "`video`" in r.get_json()["error"]
     assert client.get("/api/jobs/nope").status_code == 404
     assert client.get("/video").status_code == 200
+
+
+def test_uploads_from_another_origin_and_oversized_frames_are_refused(tiny_model_dir, tmp_path, clip):
+    """The job upload is a boundary like /api/predict: same-origin only, and the frame size is checked against
+    the pixel cap from the container's header before any frame is decoded."""
+    app = create_app({"FERLIVE": pipeline_config(width=320, height=240, max_image_pixels=100_000), "TESTING": True,
+                      "MODEL_DIR": str(tiny_model_dir), "HUB": False, "JOBS_DIR": str(tmp_path / "jobs")})
+    try:
+        client = app.test_client()
+        r = client.post("/api/jobs", data=clip, content_type="video/mp4", headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403 and "origin" in r.get_json()["error"]
+        r = client.post("/api/jobs", data=clip, content_type="video/mp4")  # 640x480 = 307,200 pixels
+        assert r.status_code == 400 and "640x480" in r.get_json()["error"] and "100000" in r.get_json()["error"]
+        assert not any((tmp_path / "jobs").iterdir())  # nothing of a refused upload is kept
+    finally:
+        close_app(app)

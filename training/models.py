@@ -111,6 +111,13 @@ def vgg_small(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=N
     return keras.Model(model.inputs, model.outputs, name="vgg_small")
 
 
+def vgg_medium(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
+    """vgg_lite at three quarters of the width (24, 48, 96, 192), ~0.6M parameters and ~54M multiply-adds
+    per face: the next step up from vgg_small when a student is short of capacity."""
+    model = vgg_lite(num_classes, input_shape, augment, widths=(24, 48, 96, 192), dropout=0.35)
+    return keras.Model(model.inputs, model.outputs, name="vgg_medium")
+
+
 def tiny_cnn(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """A few-thousand-parameter net for tests and the notebook: trains in seconds."""
     inp, x = _inputs(input_shape, augment)
@@ -129,6 +136,7 @@ MODELS: dict[str, ModelSpec] = {
     "mini_xception": ModelSpec(mini_xception, "adam", 1e-3, "separable-conv residual net, ~60k params"),
     "xception_wide": ModelSpec(xception_wide, "adamw", 2e-3, "mini-Xception at twice the width, ~0.2M params"),
     "vgg_small": ModelSpec(vgg_small, "adamw", 2e-3, "vgg_lite at half width, ~0.3M params: the distilled student"),
+    "vgg_medium": ModelSpec(vgg_medium, "adamw", 2e-3, "vgg_lite at 3/4 width, ~0.6M params: a wider student"),
     "tiny_cnn": ModelSpec(tiny_cnn, "adam", 3e-3, "tiny net for tests and demos"),
 }
 

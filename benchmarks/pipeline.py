@@ -7,7 +7,7 @@ one process (no ZeroMQ) so the bus's cost is visible.
     python benchmarks/pipeline.py --model-dir runs/x/model --json out.json
     python benchmarks/pipeline.py --classify-ms-per-face 12 --faces 1 4 --workers 1 --no-single   # classify slow
 
-``--classify-ms-per-face`` runs the workers as ``benchmarks/slow_classify.py`` (the real worker plus a sleep
+``--classify-ms-per-face`` runs the workers as ``benchmarks/slow_stage.py classify`` (the real worker plus a sleep
 per face), so classify is the slow stage on any machine; ``--env KEY=VALUE`` passes settings to every stage
 (e.g. ``--env FERLIVE_FACES_HWM=4 --env FERLIVE_MAX_LAG_MS=0`` to see the queue that forms without the
 bounds). Each pipeline step reports capture -> web p50/p95 in its first and last quarter: flat means equal.
@@ -91,23 +91,27 @@ def pct(xs, qs=(50, 95, 99)) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------- multi-process
 def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds: float, warmup: float = 2.0,
-                 classify_ms_per_face: float = 0.0, extra_env: dict | None = None) -> dict:
-    """Start the four stages (+ workers) on ``video``, subscribe like the web, measure for ``seconds``."""
+                 classify_ms_per_face: float = 0.0, extra_env: dict | None = None, detect_workers: int = 1,
+                 detect_ms_per_frame: float = 0.0, sources: int = 1) -> dict:
+    """Start the four stages (+ workers) on ``video`` (``sources`` copies of it, each its own source, in one
+    capture), subscribe like the web, measure for ``seconds``."""
     d = tempfile.mkdtemp(prefix="flbench", dir="/tmp")
     names = ("frames", "web_frames", "faces", "predictions", "annotated", "heartbeat")
     cfg = Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, model_dir=model_dir, fps=fps,
-                 source=str(video), loop=True, heartbeat_interval=0.5)
+                 source=",".join([str(video)] * sources), loop=True, heartbeat_interval=0.5)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.update({"FERLIVE_" + k.upper(): str(v) for k, v in vars(cfg).items()})
     env.update(extra_env or {})
     env["FERLIVE_BENCH_CLASSIFY_MS_PER_FACE"] = str(classify_ms_per_face)
+    env["FERLIVE_BENCH_DETECT_MS_PER_FRAME"] = str(detect_ms_per_frame)
     ctx = zmq.Context()
     sub = bus.annotated_sub(cfg, ctx, hwm=1000)
     hbs = bus.heartbeat_sub(cfg, ctx)
-    cmds = [["annotate"]] + [["classify"]] * workers + [["detect"]]
+    cmds = [["annotate"]] + [["classify"]] * workers + [["detect"]] * detect_workers
+
     def argv(stage: str) -> list[str]:
-        if stage == "classify" and classify_ms_per_face > 0:
-            return [sys.executable, str(ROOT / "benchmarks" / "slow_classify.py")]
+        if (stage == "classify" and classify_ms_per_face > 0) or (stage == "detect" and detect_ms_per_frame > 0):
+            return [sys.executable, str(ROOT / "benchmarks" / "slow_stage.py"), stage]
         return [sys.executable, "-m", f"services.{stage}"]
     procs = [subprocess.Popen(argv(c[0]), cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=open(f"{d}/{c[0]}.log", "ab")) for c in cmds]
@@ -122,7 +126,7 @@ def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds:
     procs.append(subprocess.Popen([sys.executable, "-m", "services.capture", "--wait-subscriber-s", "10"],
                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                   stderr=open(f"{d}/capture.log", "ab")))
-    rows, t_start = [], time.time() + warmup
+    rows, per_source, t_start = [], {}, time.time() + warmup
     t_end = t_start + seconds
     try:
         while time.time() < t_end:
@@ -136,6 +140,7 @@ def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds:
             lat = latencies(ann)
             lat["to_web"] = (t_arrive - ann.frame.t_capture) * 1e3
             rows.append(lat)
+            per_source.setdefault(ann.frame.source_id, []).append(sorted(r.track_id for r in ann.results))
         beats: dict = {}
         while (h := bus.recv_nowait(hbs, 0)) is not None:
             hb = decode(h, expect="heartbeat")
@@ -155,6 +160,13 @@ def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds:
     dropped = {f"{st}.{k}": v for (st, _), c in beats.items() for k, v in c.items()
                if k in ("dropped", "dropped_busy", "skipped_slow", "stale", "skipped", "late", "skipped_by_worker")}
     out["drops"] = dropped
+    out["detect_workers"], out["sources"] = detect_workers, sources
+    # Each source's video shows the same faces throughout: a track id that changes is a tracking error.
+    out["per_source_fps"] = {k: round(len(v) / seconds, 1) for k, v in sorted(per_source.items())}
+    out["track_ids_per_source"] = {k: len({i for ids in v for i in ids}) for k, v in sorted(per_source.items())}
+    out["annotate_out_of_order"] = sum(c.get("out_of_order", 0) for (st, _), c in beats.items() if st == "annotate")
+    out["per_worker_frames"] = {st: sorted(c.get("frames_out", 0) for (s2, _), c in beats.items() if s2 == st)
+                                for st in ("detect", "classify")}
     q = max(1, len(rows) // 4)  # latency must not grow with time: first vs last quarter of the window
     out["to_web_p50_first_last_quarter_ms"] = [pct([r["to_web"] for r in rows[:q]]).get("p50"),
                                                pct([r["to_web"] for r in rows[-q:]]).get("p50")]

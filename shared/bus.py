@@ -1,29 +1,31 @@
 """ZeroMQ sockets of the pipeline, each named by its pattern and role (zguide style).
 
-    capture ──PUB frames──▶ detect ──PUSH faces──▶ classify ×N ──PUSH predictions──▶ annotate ──PUB annotated──▶ web
-            (bind)     (SUB connect) (bind)   (PULL connect)    (connect)          (PULL bind)     (bind)   (SUB connect)
+    capture ──ROUTER frames──▶ detect ×M ──ROUTER faces──▶ classify ×N ──PUSH predictions──▶ annotate ──PUB──▶ web
+      (Dispatcher, bind)  (DEALER connect) (Dispatcher, bind) (DEALER connect)  (connect)   (PULL bind)  (bind) (SUB)
 
-    web (browser webcams) ──PUB web frames (bind)──▶ detect (the same SUB connects to both)
+    web (browser webcams) ──ROUTER web frames (Dispatcher, bind)──▶ detect (a second DEALER per worker)
     every stage ──PUB heartbeat (connect)──▶ heartbeat_endpoint ◀── web: SUB (bind)
 
-* Live data is PUB/SUB with a small high-water mark and small kernel buffers, and the receiver keeps
-  the newest message (``NewestReceiver``: a thread drains the SUB socket into one slot per source), so
-  a slow consumer skips frames instead of falling behind and latency never grows with time. No
-  CONFLATE (it breaks multi-part and multi-source); dropping happens at the HWM and in NewestReceiver.
-* Work is PUSH/PULL: detect is the ventilator, the classify workers pull, annotate is the sink; each
-  message goes to exactly one worker. Sends are non-blocking (``send_nowait``): when every worker is
-  busy, detect drops the frame and counts it instead of queueing.
+* Live work goes to pools by the zguide's load-balancing pattern with credits: each worker (detect,
+  classify) holds one credit per upstream, sending ``READY`` when it is free (``WorkerLink``), and the
+  upstream ``Dispatcher`` keeps only the newest item of each source and hands the one waiting longest to
+  a free worker. So no hop queues more than one frame per worker, a slow pool skips frames instead of
+  falling behind, each frame is handled by exactly one worker, and latency never grows with time.
+  Frames of one source may go to any free detect worker (``detect_affinity`` "any") or stay on one
+  (``pinned``); annotate keeps one order per detect run and each source's frames in capture order.
+* Results go PUSH->PULL to annotate (a result is worth a short wait: ``send_within``), and annotate
+  PUBlishes to any number of viewers with a small high-water mark (a slow viewer skips frames).
 * Every socket has linger 0, so Ctrl-C never hangs, and a 100 ms..1 s reconnect interval, so a killed
-  and restarted stage is back within a second or two (the binding side may restart too).
+  and restarted stage is back within a second or two (the binding side may restart too: workers repeat
+  ``READY`` every second while idle, and a dispatcher forgets a credit not refreshed for 3 s).
 * Nothing from a socket is trusted: every receiving socket has ZMQ_MAXMSGSIZE (``cfg.max_msg_bytes``;
-  64 kB for heartbeats and subscriptions), and a connecting one is watched by a ``Redialer`` because libzmq
-  does not reconnect after the protocol error an oversized message is. Detect->classify is PUSH->PULL with
-  a high-water mark of 1 (``cfg.faces_hwm``) and 8 kB kernel buffers, so about one frame waits per worker.
+  64 kB for credits, heartbeats and subscriptions), and a connecting one is watched by a ``Redialer``
+  because libzmq does not reconnect after the protocol error an oversized message is.
 * ``cfg.curve_dir`` turns on CURVE for every socket (``shared.keys``): the binding side is the server.
 
 For the web engineer:
-    Browser frames: bind a PUB at ``cfg.web_frames_endpoint`` and send ``messages.Frame`` with a
-    ``source_id`` of your own (e.g. "browser-<id>"); detect keeps the newest frame per source_id.
+    Browser frames: ``offer(source_id, frame_bytes)`` on a ``Dispatcher`` bound at
+    ``cfg.web_frames_endpoint``, with a ``source_id`` of your own (e.g. "browser-<id>").
     ``annotated_sub(cfg, ctx)`` receives ``messages.Annotated`` (``decode(data, expect="annotated")``).
     ``heartbeat_sub(cfg, ctx)`` BINDS ``cfg.heartbeat_endpoint``; every stage's ``heartbeat_pub`` connects
     to it and sends a ``messages.Heartbeat`` every ``cfg.heartbeat_interval`` seconds: stage
@@ -53,7 +55,8 @@ log = logging.getLogger(__name__)
 CONTROL_MAX_MSG = 65536
 """ZMQ_MAXMSGSIZE of sockets that receive only small messages (heartbeats, subscriptions)."""
 
-_PATTERNS = {"XPUB": zmq.XPUB, "PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL}
+_PATTERNS = {"XPUB": zmq.XPUB, "PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL,
+             "ROUTER": zmq.ROUTER, "DEALER": zmq.DEALER}
 
 
 def make_socket(ctx: zmq.Context, pattern: str, role: str, endpoint: str, *, bind: bool, hwm: int,
@@ -137,29 +140,39 @@ class Redialer:
 
 
 # --- the pipeline's sockets, by role -----------------------------------------------------------
-def frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    """XPUB (a PUB that also sees subscriptions), so capture can wait for detect: ``wait_for_subscriber``."""
-    return make_socket(ctx, "XPUB", "frames_pub", cfg.frames_endpoint, bind=True, hwm=cfg.pub_hwm,
-                       sock_buf=cfg.sock_buf, max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir)
+def frames_dispatcher(cfg: Config, ctx: zmq.Context, counters: Optional[Counter] = None) -> "Dispatcher":
+    """Capture's frames: a ``Dispatcher`` (ROUTER, binds ``frames_endpoint``) handing the newest frame of
+    each source to whichever detect worker asks next."""
+    return Dispatcher(lambda: make_socket(ctx, "ROUTER", "frames_dispatch", cfg.frames_endpoint, bind=True,
+                                          hwm=cfg.faces_hwm, sock_buf=cfg.sock_buf, max_msg=CONTROL_MAX_MSG,
+                                          curve_dir=cfg.curve_dir),
+                      counters=counters, affinity=cfg.detect_affinity, name="frames")
 
 
-def frames_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    """Detect's SUB: connects to capture's frames and to the web's browser frames (``web_frames_endpoint``)."""
-    sock = make_socket(ctx, "SUB", "frames_sub", cfg.frames_endpoint, bind=False, hwm=cfg.pub_hwm,
-                       sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
-    if cfg.web_frames_endpoint:
-        sock.connect(cfg.web_frames_endpoint)
-    return sock
+def frames_worker(cfg: Config, ctx: zmq.Context, endpoints: "Optional[list[str]]" = None) -> "WorkerLink":
+    """Detect's side of the frames: one credit each at capture's and at the web's (browser) dispatcher."""
+    eps = endpoints if endpoints is not None else [cfg.frames_endpoint, cfg.web_frames_endpoint]
+    return WorkerLink([(lambda ep=ep: make_socket(ctx, "DEALER", "frames_worker", ep, bind=False,
+                                                  hwm=cfg.faces_hwm, sock_buf=cfg.sock_buf,
+                                                  max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir), ep)
+                       for ep in eps if ep])
 
 
-def faces_ventilator(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PUSH", "faces_ventilator", cfg.faces_endpoint, bind=True, hwm=cfg.faces_hwm,
-                       sock_buf=cfg.faces_sock_buf, curve_dir=cfg.curve_dir)
+def faces_dispatcher(cfg: Config, ctx: zmq.Context, prepare: "Callable[[object], Optional[bytes]]",
+                     counters: Optional[Counter] = None) -> "Dispatcher":
+    """Detect's faces: a ``Dispatcher`` (ROUTER, binds ``faces_endpoint``); ``prepare`` numbers and encodes
+    a result at the moment a classify worker takes it."""
+    return Dispatcher(lambda: make_socket(ctx, "ROUTER", "faces_dispatch", cfg.faces_endpoint, bind=True,
+                                          hwm=cfg.faces_hwm, sock_buf=cfg.faces_sock_buf,
+                                          max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir),
+                      prepare=prepare, counters=counters, name="faces")
 
 
-def faces_worker(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PULL", "faces_worker", cfg.faces_endpoint, bind=False, hwm=cfg.faces_hwm,
-                       sock_buf=cfg.faces_sock_buf, max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
+def faces_worker(cfg: Config, ctx: zmq.Context) -> "WorkerLink":
+    return WorkerLink([(lambda: make_socket(ctx, "DEALER", "faces_worker", cfg.faces_endpoint, bind=False,
+                                            hwm=cfg.faces_hwm, sock_buf=cfg.faces_sock_buf,
+                                            max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir),
+                        cfg.faces_endpoint)])
 
 
 def predictions_push(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
@@ -196,19 +209,6 @@ def heartbeat_sub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
                        max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir)
 
 
-def wait_for_subscriber(xpub: zmq.Socket, timeout_s: float, count: int = 1) -> bool:
-    """Block until ``count`` subscriptions reached an XPUB socket (True) or ``timeout_s`` passed (False)."""
-    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not only the first
-    deadline, seen = time.time() + timeout_s, 0
-    while seen < count:
-        left = deadline - time.time()
-        if left <= 0 or not xpub.poll(int(left * 1000) + 1, zmq.POLLIN):
-            return False
-        if xpub.recv()[:1] == b"\x01":
-            seen += 1
-    return True
-
-
 # --- send / receive ------------------------------------------------------------------------------
 def send_nowait(sock: zmq.Socket, data: bytes) -> bool:
     """Send without blocking; False when the peer queues are full (or no peer), the caller counts a drop."""
@@ -226,86 +226,257 @@ def send_within(sock: zmq.Socket, data: bytes, timeout_ms: int) -> bool:
     return False
 
 
-class NewestReceiver:
-    """A thread that drains a SUB socket as fast as messages come and keeps only the newest message per
-    source, so a slow stage always gets the latest frame (a PUB drops *new* messages at its HWM, so
-    draining in the slow loop itself would hand it an old one).
+READY = b"\x01ready"
+"""A worker's credit: 'I am free, send me one message' (the zguide's load-balancing pattern)."""
 
-    ``key(data)`` names a message's source (default: one slot for all); with several sources (the
-    capture process and browsers) each keeps its own newest frame and ``get`` serves the one waiting
-    longest, so no source starves another. ``get(timeout_s)`` -> (message or None, skipped since last);
-    ``arrived_at`` is when the returned message reached this process (time.time()), so a stage's stamp
-    can separate transport (the hop) from waiting for the stage to be free (the stage's own time)."""
 
-    def __init__(self, ctx: zmq.Context, make: "Callable[[], zmq.Socket]",
-                 key: "Optional[Callable[[bytes], object]]" = None, max_sources: int = 64,
-                 endpoints: "Optional[list[str]]" = None) -> None:
-        self._make, self._ctx, self._key, self.max_sources = make, ctx, key, max_sources
-        self._endpoints = list(endpoints or [])
-        self._cond = threading.Condition()
-        self._slots: dict[object, tuple[bytes, float, float]] = {}  # key -> (data, arrived, waiting since)
-        self._skipped = 0
-        self.arrived_at = 0.0
+class Dispatcher:
+    """A load-balancing broker (the zguide's LRU queue) with newest-only slots: the one way live work
+    leaves a stage for a pool of workers (capture -> detect, browsers -> detect, detect -> classify).
+
+    A thread owns a ROUTER (it binds; workers connect a ``WorkerLink``'s DEALER). A worker sends ``READY``
+    when it is free; ``offer(key, item)`` (thread-safe) puts an item in its key's slot, replacing one that
+    is still waiting there (counted ``superseded``); the slot waiting longest goes to a free worker, so
+    nothing queues: at most one message per worker is in flight, and a slow pool skips frames instead of
+    falling behind. ``prepare(item)`` turns an item into bytes at the moment it leaves (returning None
+    drops it, e.g. when it is too old); job numbers assigned there count only what was really sent.
+
+    ``affinity``: "any" gives a key's item to whichever worker is free (least recently used first);
+    "pinned" keeps each key on one worker while that worker is alive (its last READY within
+    ``credit_ttl_s``), spreading keys over workers, so per-key state in a worker stays whole.
+    A credit that is not refreshed within ``credit_ttl_s`` expires (workers repeat READY while idle), and a
+    worker that is gone (``ROUTER_MANDATORY``: unroutable) loses its credit at once, so a killed or frozen
+    worker is never sent work."""
+
+    COUNTERS = ("dispatched", "superseded", "dropped_old", "bad_credits", "lost_workers")
+
+    def __init__(self, make: "Callable[[], zmq.Socket]", prepare: "Optional[Callable[[object], Optional[bytes]]]" = None,
+                 counters: Optional[Counter] = None, affinity: str = "any", max_keys: int = 64,
+                 credit_ttl_s: float = 3.0, name: str = "dispatch") -> None:
+        if affinity not in ("any", "pinned"):
+            raise ConfigError(f"{name}: affinity must be 'any' or 'pinned', not {affinity!r}")
+        self._prepare = prepare or (lambda item: item)
+        self.counters = counters if counters is not None else Counter()
+        for k in self.COUNTERS:  # every key exists before the thread starts: readers iterate safely
+            self.counters[k] += 0
+        self.affinity, self.max_keys, self.credit_ttl_s, self.name = affinity, max_keys, credit_ttl_s, name
+        self._lock = threading.Lock()
+        self._slots: dict[object, tuple[object, float]] = {}  # key -> (item, waiting since)
+        self._ready: dict[bytes, float] = {}  # worker identity -> time of its READY (insertion = LRU order)
+        self._seen: dict[bytes, float] = {}  # worker identity -> last READY, busy or not (pinning)
+        self._pins: dict[object, bytes] = {}
+        self._wake_r, self._wake_w = _socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._stop = False
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="newest-receiver", daemon=True)
+        self._error: Optional[BaseException] = None
+        self._ready_evt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(make,), name=f"{name}-dispatcher", daemon=True)
         self._thread.start()
-        self._ready.wait(5)
+        self._ready_evt.wait(10)
+        if self._error is not None:  # e.g. the endpoint is in use: the caller's configuration error
+            raise self._error
 
-    def _loop(self) -> None:
-        sock = self._make()
-        redial = Redialer(sock, self._endpoints)
-        self._ready.set()
+    # --- the caller's side (any thread) ---
+    def offer(self, key: object, item: object) -> None:
+        with self._lock:
+            if key in self._slots:
+                self.counters["superseded"] += 1
+                self._slots[key] = (item, self._slots[key][1])  # the slot keeps its place in line
+            elif len(self._slots) >= self.max_keys:  # bounded: a flood of keys is dropped, not stored
+                self.counters["superseded"] += 1
+                return
+            else:
+                self._slots[key] = (item, time.time())
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the thread is awake anyway
+
+    def workers(self) -> int:
+        """Workers heard from within ``credit_ttl_s`` (busy or free)."""
+        now = time.time()
+        with self._lock:
+            return sum(1 for t in self._seen.values() if now - t <= self.credit_ttl_s)
+
+    def wait_for_workers(self, timeout_s: float, count: int = 1) -> bool:
+        deadline = time.time() + timeout_s
+        while self.workers() < count:
+            if time.time() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._slots)
+
+    def close(self, drain_s: float = 0.0) -> None:
+        """Stop; with ``drain_s``, first wait up to that long for waiting items to be taken (the last frames
+        of a file)."""
+        deadline = time.time() + drain_s
+        while self.waiting() and time.time() < deadline and self._thread.is_alive():
+            time.sleep(0.01)
+        self._stop = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._thread.join(2.0)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # --- the thread's side ---
+    def _loop(self, make: "Callable[[], zmq.Socket]") -> None:
+        try:
+            sock = make()
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        except BaseException as exc:  # noqa: BLE001 - handed to the constructor's caller
+            self._error = exc
+            self._ready_evt.set()
+            return
+        self._ready_evt.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._stop:
-                redial.check()
-                if not sock.poll(50, zmq.POLLIN):
-                    continue
-                data = sock.recv(copy=True)
-                arrived = time.time()
-                k = self._key(data) if self._key else None
-                with self._cond:
-                    since = arrived
-                    if k in self._slots:
-                        self._skipped += 1
-                        since = self._slots[k][2]  # the slot keeps its place in line
-                    elif len(self._slots) >= self.max_sources:  # bounded: a flood of source ids waits
-                        self._skipped += 1
-                        continue
-                    self._slots[k] = (data, arrived, since)
-                    self._cond.notify()
+                events = dict(poller.poll(100))
+                if self._wake_r.fileno() in events:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                if sock in events:
+                    self._credits(sock)
+                self._dispatch(sock, time.time())
+        except zmq.ContextTerminated:
+            pass  # the owner ended the context without close(): nothing left to serve
         finally:
-            redial.close()
             sock.close(0)
 
-    def get(self, timeout_s: float) -> tuple[Optional[bytes], int]:
-        with self._cond:
-            if not self._slots:
-                self._cond.wait(timeout_s)
-            if not self._slots:
-                return None, 0
-            k = min(self._slots, key=lambda j: self._slots[j][2])
-            data, self.arrived_at, _ = self._slots.pop(k)
-            skipped, self._skipped = self._skipped, 0
-            return data, skipped
+    def _credits(self, sock: zmq.Socket) -> None:
+        now = time.time()
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) != 2 or parts[1] != READY:
+                self.counters["bad_credits"] += 1  # workers send nothing else: a stranger's bytes
+                continue
+            with self._lock:
+                self._ready.pop(parts[0], None)
+                self._ready[parts[0]] = now
+                self._seen[parts[0]] = now
+                if len(self._seen) > 4 * self.max_keys:  # identities come off the wire: bounded
+                    for ident in sorted(self._seen, key=self._seen.__getitem__)[:len(self._seen) // 2]:
+                        self._forget(ident)
+
+    def _forget(self, ident: bytes) -> None:
+        self._ready.pop(ident, None)
+        self._seen.pop(ident, None)
+        for k in [k for k, w in self._pins.items() if w == ident]:
+            del self._pins[k]
+
+    def _choose(self, key: object, now: float) -> Optional[bytes]:
+        """The worker for ``key``'s item (with ``_lock`` held), or None to keep it waiting."""
+        if self.affinity == "pinned":
+            pin = self._pins.get(key)
+            if pin is not None and now - self._seen.get(pin, 0.0) <= self.credit_ttl_s:
+                return pin if pin in self._ready else None
+            load = Counter(self._pins.values())
+            live = [w for w in self._ready]
+            if not live:
+                return None
+            pin = min(live, key=lambda w: load[w])  # the free worker holding the fewest keys
+            self._pins[key] = pin
+            return pin
+        return next(iter(self._ready), None)  # least recently used
+
+    def _dispatch(self, sock: zmq.Socket, now: float) -> None:
+        while True:
+            with self._lock:
+                for ident in [w for w, t in self._ready.items() if now - t > self.credit_ttl_s]:
+                    del self._ready[ident]  # a worker silent that long is frozen or gone
+                if not self._ready or not self._slots:
+                    return
+                for key in sorted(self._slots, key=lambda k: self._slots[k][1]):  # waiting longest first
+                    ident = self._choose(key, now)
+                    if ident is not None:
+                        break
+                else:
+                    return
+                item, _ = self._slots.pop(key)
+                del self._ready[ident]
+            data = self._prepare(item)
+            if data is None:
+                self.counters["dropped_old"] += 1
+                with self._lock:  # the credit was not used
+                    self._ready[ident] = now
+                continue
+            try:
+                sock.send_multipart([ident, data], zmq.NOBLOCK, copy=len(data) < 65536)
+                self.counters["dispatched"] += 1
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: the worker is gone; EAGAIN: its pipe is full
+                self.counters["lost_workers"] += 1
+                log.debug("%s: worker %r unreachable (%s)", self.name, ident, exc)
+                with self._lock:
+                    self._forget(ident)
+                    if key not in self._slots:  # the item goes to the next free worker
+                        self._slots[key] = (item, now)
+
+
+class WorkerLink:
+    """A worker's end of one or more ``Dispatcher``s: a DEALER per dispatcher, each holding at most one
+    credit. ``get(timeout_s)`` sends READY where no credit is out (and repeats it every ``refresh_s``
+    while idle, so a restarted dispatcher learns of this worker) and returns the next message or None.
+    Every DEALER is watched by a ``Redialer`` (an oversized message must not cut the worker off)."""
+
+    def __init__(self, makers: "list[tuple[Callable[[], zmq.Socket], str]]", refresh_s: float = 1.0) -> None:
+        self.socks = [make() for make, _ in makers]
+        self.redials = [Redialer(s, [ep]) for s, (_, ep) in zip(self.socks, makers)]
+        self.refresh_s = refresh_s
+        self._asked = [0.0] * len(self.socks)  # when READY went out (0: no credit out)
+        self._poller = zmq.Poller()
+        for s in self.socks:
+            self._poller.register(s, zmq.POLLIN)
+        self._queue: "list[bytes]" = []
+
+    def get(self, timeout_s: float) -> Optional[bytes]:
+        if self._queue:
+            return self._queue.pop(0)
+        now = time.time()
+        for i, s in enumerate(self.socks):
+            self.redials[i].check()
+            if now - self._asked[i] >= self.refresh_s:
+                try:
+                    s.send(READY, zmq.NOBLOCK)
+                    self._asked[i] = now
+                except zmq.Again:
+                    pass
+        events = dict(self._poller.poll(int(timeout_s * 1000)))
+        for i, s in enumerate(self.socks):
+            if s in events:
+                self._asked[i] = 0.0  # the credit was used: ask again next time
+                while True:
+                    try:
+                        self._queue.append(s.recv(zmq.NOBLOCK, copy=True))
+                    except zmq.Again:
+                        break
+        return self._queue.pop(0) if self._queue else None
+
+    def drain(self) -> "list[bytes]":
+        """Messages already received but not yet taken (more than one only if a credit was repeated)."""
+        out, self._queue = self._queue, []
+        return out
 
     def close(self) -> None:
-        self._stop = True
-        self._thread.join(1.0)
-
-
-def recv_newest(sock: zmq.Socket, timeout_ms: int) -> tuple[Optional[bytes], int]:
-    """Wait up to ``timeout_ms`` for a message, then drain the queue: (newest message or None, skipped)."""
-    if not sock.poll(timeout_ms, zmq.POLLIN):
-        return None, 0
-    data = sock.recv(copy=True)
-    skipped = 0
-    while True:
-        try:
-            data = sock.recv(zmq.NOBLOCK, copy=True)
-            skipped += 1
-        except zmq.Again:
-            return data, skipped
+        for r in self.redials:
+            r.close()
+        for s in self.socks:
+            s.close(0)
 
 
 def recv_all(sock: zmq.Socket, timeout_ms: int, limit: int = 64) -> list[bytes]:

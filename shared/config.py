@@ -48,7 +48,8 @@ class Config:
     max_lag_ms: float = _f(250.0, "latency budget: classify drops (and counts, 'stale') frames captured longer "
                                   "ago than this instead of classifying them late")
     heartbeat_interval: float = _f(1.0, "seconds between heartbeats")
-    faces_hwm: int = _f(1, "high-water mark of detect's PUSH and each worker's PULL: frames queued per worker")
+    faces_hwm: int = _f(1, "high-water mark of the dispatcher/worker sockets (frames, faces): messages queued "
+                           "per worker (workers also hold at most one credit each)")
     faces_sock_buf: int = _f(8192, "kernel buffers (bytes) of the detect->classify sockets: small, so no more "
                                    "than about one frame waits per worker in the kernel either")
     max_msg_bytes: int = _f(4 * 1024 * 1024, "largest ZeroMQ message any stage accepts (ZMQ_MAXMSGSIZE); "
@@ -71,8 +72,11 @@ class Config:
     height: int = _f(480, "frame height sent downstream")
     jpeg_quality: int = _f(80, "JPEG quality of frames and annotated frames (1-100)")
     max_frames: int = _f(0, "capture stops after this many frames (0: no limit)")
-    wait_subscriber_s: float = _f(0.0, "capture waits up to this long for subscribers before sending (0: no wait)")
-    wait_subscribers: int = _f(1, "how many subscribers capture waits for (detect, plus any observer)")
+    wait_subscriber_s: float = _f(0.0, "capture waits up to this long for detect workers before sending (0: no wait)")
+    wait_subscribers: int = _f(1, "how many detect workers capture waits for")
+    detect_affinity: str = _f("any", "how capture hands sources to detect workers: 'any' (the newest frame of a "
+                                     "source goes to whichever worker is free) or 'pinned' (a source stays on one "
+                                     "worker while it lives)")
     retry_max_s: float = _f(5.0, "longest wait between attempts to reopen a lost camera/stream")
     # --- detect / classify --------------------------------------------------------------------
     model_dir: str = _f("", "exported model folder for classify ('' = the bundled default model)")
@@ -109,6 +113,8 @@ class Config:
             raise ConfigError("reorder_window must be >= 1")
         if self.fps < 0:
             raise ConfigError("fps must be >= 0")
+        if self.detect_affinity not in ("any", "pinned"):
+            raise ConfigError(f"detect_affinity must be 'any' or 'pinned', not {self.detect_affinity!r}")
         if self.faces_hwm < 1:
             raise ConfigError("faces_hwm must be >= 1 (0 would mean an unbounded queue)")
         if self.max_msg_bytes < 65536:

@@ -1,5 +1,6 @@
-"""Bus: sockets by role; newest-only PUB/SUB; PUSH/PULL spreads work once; non-blocking sends;
-heartbeats reach the one collector; closing never hangs."""
+"""Bus: sockets by role; the load-balancing Dispatcher (newest per source, one credit per worker, every
+item to exactly one worker, dead or frozen workers skipped, pinning); heartbeats reach the one collector;
+closing never hangs."""
 from __future__ import annotations
 
 import tempfile
@@ -25,58 +26,159 @@ def cfg():
 def ctx():
     c = zmq.Context()
     yield c
+    while _open:  # dispatchers and links a test made: closed before the context goes
+        _open.pop().close()
     c.destroy(linger=0)
+
+
+_open: list = []
+
+
+def dispatcher(cfg, ctx, **kw):
+    d = bus.frames_dispatcher(cfg, ctx, **kw)
+    _open.append(d)
+    return d
+
+
+def worker(cfg, ctx):
+    w = bus.frames_worker(cfg, ctx)
+    _open.append(w)
+    return w
 
 
 def wait_recv(sock, timeout_s=2.0):
     return bus.recv_nowait(sock, int(timeout_s * 1000))
 
 
-def test_slow_subscriber_gets_the_newest_frame(cfg, ctx):
-    pub = bus.frames_pub(cfg, ctx)
-    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx))
-    assert bus.wait_for_subscriber(pub, 2.0)
+def test_a_busy_worker_gets_the_newest_frame_and_nothing_queues(cfg, ctx):
+    disp, w = dispatcher(cfg, ctx), worker(cfg, ctx)
+    assert w.get(0.05) is None  # sends the credit
+    assert disp.wait_for_workers(2.0)
     time.sleep(0.1)
-    for i in range(100):
-        bus.send_nowait(pub, str(i).encode())
-        time.sleep(0.001)  # a 1 kHz camera
-    time.sleep(0.2)  # the slow consumer wakes up
-    data, skipped = newest.get(1.0)
-    assert data == b"99"  # the newest, not the oldest
-    assert skipped > 50  # the others were skipped, not queued
-    assert newest.get(0.01) == (None, 0)
-    newest.close()
+    first = None
+    for i in range(100):  # a 1 kHz camera; the worker takes one frame, then is busy
+        disp.offer("cam", str(i).encode())
+        time.sleep(0.001)
+        if first is None:
+            first = w.get(0)
+    time.sleep(0.1)
+    got = w.get(1.0)  # free again: asks, and gets the newest, not the oldest
+    assert got == b"99"
+    assert disp.counters["superseded"] > 50  # the others were replaced, never queued
+    assert w.get(0.2) is None and disp.waiting() == 0
 
 
-def test_push_pull_spreads_work_exactly_once(cfg, ctx):
-    vent = bus.faces_ventilator(cfg, ctx)
-    workers = [bus.faces_worker(cfg, ctx) for _ in range(2)]
-    sink = bus.predictions_sink(cfg, ctx)
-    results = [bus.predictions_push(cfg, ctx) for _ in range(2)]
-    time.sleep(0.2)
-    sent = [i for i in range(40) if bus.send_nowait(vent, str(i).encode()) or time.sleep(0.005)]
-    got: list[bytes] = []
-    per_worker = [0, 0]
-    deadline = time.time() + 3
-    while time.time() < deadline and len(got) < len(sent):
+def test_every_item_goes_to_exactly_one_worker(cfg, ctx):
+    disp = dispatcher(cfg, ctx)
+    workers = [worker(cfg, ctx) for _ in range(2)]
+    for w in workers:
+        w.get(0.01)
+    assert disp.wait_for_workers(2.0, 2)
+    got, per_worker = [], [0, 0]
+    for i in range(40):
+        disp.offer(i, str(i).encode())  # 40 sources: nothing is superseded
+    deadline = time.time() + 5
+    while time.time() < deadline and len(got) < 40:
         for k, w in enumerate(workers):
-            data = bus.recv_nowait(w, 5)
+            data = w.get(0.005)
             if data is not None:
                 per_worker[k] += 1
-                assert bus.send_within(results[k], data, 1000)
-        while (d := bus.recv_nowait(sink, 0)) is not None:
-            got.append(d)
-    assert sorted(int(x) for x in got) == sent  # none lost, none twice
+                got.append(int(data))
+    assert sorted(got) == list(range(40))  # none lost, none twice
     assert min(per_worker) > 0  # both workers took a share
 
 
-def test_send_nowait_drops_instead_of_blocking(cfg, ctx):
-    vent = bus.faces_ventilator(cfg, ctx)  # no worker connected
+def test_no_source_starves_another(cfg, ctx):
+    disp, w = dispatcher(cfg, ctx), worker(cfg, ctx)
+    for i in range(30):
+        disp.offer("a", b"a%d" % i)
+    time.sleep(0.01)
+    disp.offer("b", b"b0")
+    time.sleep(0.01)
+    disp.offer("a", b"a99")
+    assert w.get(2.0) == b"a99"  # a waited longest (its slot keeps its place), newest of a
+    assert w.get(2.0) == b"b0"   # b is not starved by a's stream
+
+
+def test_a_killed_or_frozen_worker_is_never_sent_work(cfg, ctx):
+    disp = dispatcher(cfg, ctx)
+    disp.credit_ttl_s = 0.5
+    dead, frozen, alive = (bus.frames_worker(cfg, ctx) for _ in range(3))
+    _open.append(alive)
+    for w in (dead, frozen, alive):
+        w.get(0.01)
+    assert disp.wait_for_workers(2.0, 3)
+    dead.close()  # gone: its credit is unroutable
+    time.sleep(0.8)  # frozen never refreshes its credit; alive does (every get)
+    alive.refresh_s = 0.1
+    assert alive.get(0.05) is None
+    for i in range(5):
+        disp.offer(i, b"%d" % i)
+    got = []
+    deadline = time.time() + 3
+    while len(got) < 5 and time.time() < deadline:
+        if (d := alive.get(0.05)) is not None:
+            got.append(d)
+    assert sorted(got) == [b"0", b"1", b"2", b"3", b"4"]  # all of it reached the live worker
+    assert frozen.drain() == [] and frozen._poller.poll(0) == []
+    frozen.close()
+
+
+def test_pinned_sources_stay_on_their_worker(cfg, ctx):
+    disp = dispatcher(cfg, ctx)
+    disp.affinity = "pinned"
+    workers = [worker(cfg, ctx) for _ in range(2)]
+    for w in workers:
+        w.get(0.01)
+    assert disp.wait_for_workers(2.0, 2)
+    seen: dict[int, set] = {0: set(), 1: set()}
+    for rnd in range(6):
+        for src in (b"a", b"b"):
+            disp.offer(src, src + b"%d" % rnd)
+        deadline = time.time() + 2
+        n = 0
+        while n < 2 and time.time() < deadline:
+            for k, w in enumerate(workers):
+                if (d := w.get(0.01)) is not None:
+                    seen[k].add(d[:1])
+                    n += 1
+    assert seen[0] and seen[1] and not (seen[0] & seen[1])  # each source on one worker, both used
+
+
+def test_detect_asks_at_capture_and_at_the_browsers(cfg, ctx):
+    from services.web.hub import web_frames_dispatcher
+    cfg = cfg.replace(web_frames_endpoint="ipc://" + cfg.frames_endpoint[6:] + "-web")
+    web = web_frames_dispatcher(cfg, ctx)
+    _open.append(web)
+    w = worker(cfg, ctx)
+    w.get(0.01)
+    web.offer("browser-1", b"from-browser")
+    assert w.get(2.0) == b"from-browser"
+
+
+def test_credits_from_strangers_are_counted_not_trusted(cfg, ctx):
+    disp = dispatcher(cfg, ctx)
+    stranger = bus.make_socket(ctx, "DEALER", "stranger", cfg.frames_endpoint, bind=False, hwm=4)
+    stranger.send(b"give me everything")
+    deadline = time.time() + 2
+    while disp.counters["bad_credits"] == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    assert disp.counters["bad_credits"] == 1 and disp.workers() == 0
+    disp.offer("cam", b"frame")
+    assert bus.recv_nowait(stranger, 200) is None  # no credit, no frame
+    stranger.close(0)
+
+
+def test_close_with_pending_messages_does_not_hang(cfg):
+    c = zmq.Context()
+    push = bus.predictions_push(cfg, c)
+    disp = bus.faces_dispatcher(cfg, c, prepare=lambda x: x)
+    disp.offer("cam", b"x")
     t0 = time.time()
-    assert bus.send_nowait(vent, b"x") is False
-    push = bus.predictions_push(cfg, ctx)  # connect side, no sink bound (IMMEDIATE)
-    assert bus.send_nowait(push, b"x") is False
-    assert time.time() - t0 < 0.5
+    disp.close()
+    c.destroy()  # linger 0 everywhere
+    assert time.time() - t0 < 3.0
+    assert push.closed
 
 
 def test_heartbeats_reach_the_collector(cfg, ctx):
@@ -103,42 +205,6 @@ def test_bind_conflict_names_the_endpoint(cfg, ctx):
         bus.annotated_pub(cfg, ctx)
 
 
-def test_close_with_pending_messages_does_not_hang(cfg):
-    c = zmq.Context()
-    push = bus.predictions_push(cfg, c)
-    bus.faces_ventilator(cfg, c)
-    t0 = time.time()
-    c.destroy()  # linger 0 everywhere
-    assert time.time() - t0 < 1.0
-    assert push.closed
-
-
-def test_newest_per_source_and_no_source_starves(cfg, ctx):
-    pub = bus.frames_pub(cfg, ctx)
-    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=lambda d: d[:1])
-    assert bus.wait_for_subscriber(pub, 2.0)
-    for i in range(30):
-        bus.send_nowait(pub, b"a%d" % i)
-        time.sleep(0.001)
-    time.sleep(0.01)
-    bus.send_nowait(pub, b"b0")
-    time.sleep(0.01)
-    bus.send_nowait(pub, b"a99")
-    time.sleep(0.2)
-    assert newest.get(1.0)[0] == b"a99"  # a waited longest (its slot keeps its place), newest of a
-    assert newest.get(1.0)[0] == b"b0"   # b is not starved by a's stream
-    newest.close()
-
-
-def test_detect_subscribes_to_capture_and_browser_frames(cfg, ctx):
-    web = bus.make_socket(ctx, "PUB", "web", "ipc://" + cfg.frames_endpoint[6:] + "-web", bind=True, hwm=4)
-    cfg = cfg.replace(web_frames_endpoint=web.last_endpoint.decode())
-    sub = bus.frames_sub(cfg, ctx)
-    time.sleep(0.3)
-    web.send(b"from-browser")
-    assert bus.recv_nowait(sub, 2000) == b"from-browser"
-
-
 def test_heartbeat_reports_idle_without_input(cfg, ctx):
     collector = bus.heartbeat_sub(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "classify", 0.01, idle_after=0.1)
@@ -153,17 +219,3 @@ def test_heartbeat_reports_idle_without_input(cfg, ctx):
     hb.note_input()
     hb.tick(force=True)
     assert decode(bus.recv_nowait(collector, 1000)).status == "ok"
-
-
-def test_arrival_time_is_the_returned_messages_own(cfg, ctx):
-    pub = bus.frames_pub(cfg, ctx)
-    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx))
-    assert bus.wait_for_subscriber(pub, 2.0)
-    bus.send_nowait(pub, b"old")
-    time.sleep(0.2)
-    t_send = time.time()
-    bus.send_nowait(pub, b"new")
-    time.sleep(0.1)
-    data, skipped = newest.get(1.0)
-    assert (data, skipped) == (b"new", 1) and newest.arrived_at >= t_send  # hops never go negative
-    newest.close()

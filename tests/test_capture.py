@@ -36,25 +36,28 @@ def write_video(path, n=12, size=(160, 120), fps=10) -> str:
 
 
 def collect(cfg, stop_when, timeout=20.0):
-    """Run capture in a thread, subscribe like detect, return the decoded frames and heartbeats."""
+    """Run capture in a thread, ask for frames like a detect worker, return the decoded frames and heartbeats."""
     ctx = zmq.Context()
-    sub = bus.make_socket(ctx, "SUB", "test", cfg.frames_endpoint, bind=False, hwm=10000)
+    sub = bus.frames_worker(cfg, ctx, [cfg.frames_endpoint])  # asks as soon as it has a frame: gets each one
     hbs = bus.heartbeat_sub(cfg, ctx)
     stop = threading.Event()
     t = threading.Thread(target=run, args=(cfg, ctx, stop.is_set), daemon=True)
     t.start()
     frames, beats, deadline = [], [], time.time() + timeout
     while time.time() < deadline and not stop_when(frames, beats):
-        if (d := bus.recv_nowait(sub, 10)) is not None:
+        if (d := sub.get(0.01)) is not None:
             frames.append(decode(d, expect="frame"))
         while (h := bus.recv_nowait(hbs, 0)) is not None:
             beats.append(decode(h, expect="heartbeat"))
-        if not t.is_alive() and sub.poll(100) == 0:
+        if not t.is_alive() and (d := sub.get(0.1)) is None:
             break
+        if not t.is_alive():
+            frames.append(decode(d, expect="frame"))
     stop.set()
     t.join(10)
     while (h := bus.recv_nowait(hbs, 50)) is not None:
         beats.append(decode(h, expect="heartbeat"))
+    sub.close()
     ctx.destroy(linger=0)
     return frames, beats, t.is_alive()
 

@@ -85,8 +85,10 @@ class SlowModel:
 
 
 def test_a_busy_worker_classifies_the_newest_job_and_skips_the_rest(model, sample_data):
-    """Jobs that queued while the worker was busy are not classified late: the newest is, the others go to
-    the sink as Skip messages (counted stale), and a job older than the budget is skipped too."""
+    """A worker holds one credit: results that came while it was busy are not queued behind it, the newest
+    replaces them (counted ``superseded`` by detect's dispatcher) and is classified next; a job older than
+    the budget is answered with a Skip (counted stale), never classified late."""
+    import itertools
     import threading
     import time
 
@@ -99,37 +101,38 @@ def test_a_busy_worker_classifies_the_newest_job_and_skips_the_rest(model, sampl
 
     cfg = pipeline_config(max_lag_ms=400.0)
     ctx = zmq.Context()
-    vent, sink = bus.faces_ventilator(cfg, ctx), bus.predictions_sink(cfg, ctx)
+    numbers = itertools.count()
+
+    def release(f):  # numbered as it leaves, as detect does
+        f.job, f.run = next(numbers), 77
+        return encode(f)
+    disp, sink = bus.faces_dispatcher(cfg, ctx, prepare=release), bus.predictions_sink(cfg, ctx)
     stop = threading.Event()
     worker = threading.Thread(target=run, args=(cfg, SlowModel(model, 0.3), ctx, stop.is_set), daemon=True)
     worker.start()
     try:
-        def job(j: int, t_capture: float) -> bytes:
-            f = faces_msg(sample_data, 1, t_capture)
-            f.job, f.run = j, 77
-            return encode(f)
-        assert bus.send_within(vent, job(0, time.time()), 5000)   # keeps the worker busy for 0.3 s
+        assert disp.wait_for_workers(5)
+        disp.offer("cam", faces_msg(sample_data, 1, time.time()))  # keeps the worker busy for 0.3 s
         time.sleep(0.1)
-        for j in (1, 2):
-            assert bus.send_within(vent, job(j, time.time()), 2000)
+        older, newest = faces_msg(sample_data, 1, time.time()), faces_msg(sample_data, 2, time.time() + 1e-3)
+        disp.offer("cam", older)
+        disp.offer("cam", newest)
         got: list = []
         deadline = time.time() + 5
-        while time.time() < deadline and len(got) < 3:
+        while time.time() < deadline and len(got) < 2:
             if sink.poll(200):
                 got.append(decode(sink.recv()))
-        kinds = [(type(m).__name__, m.faces.job if isinstance(m, Predictions) else m.job) for m in got]
-        # Every job answered once, in order; job 1 or 2 is skipped (queued behind a busy worker, or over
-        # the budget once its turn came: which one depends on how far job 2 had travelled); nothing late.
-        assert [j for _, j in kinds] == [0, 1, 2] and kinds[0] == ("Predictions", 0), kinds
-        assert sorted(k for k, _ in kinds[1:]) == ["Predictions", "Skip"], kinds
+        assert [(type(m).__name__, m.faces.job) for m in got] == [("Predictions", 0), ("Predictions", 1)]
+        assert got[1].frame.t_capture == newest.frame.t_capture and len(got[1].faces) == 2  # the newest
+        assert disp.counters["superseded"] == 1
         for m in got:
-            if isinstance(m, Predictions):
-                stage, t_recv, _ = m.frame.stamps[-1]
-                assert stage == "classify" and t_recv - m.frame.t_capture <= 0.4
-        assert bus.send_within(vent, job(3, time.time() - 10), 2000)   # captured 10 s ago: over budget
+            stage, t_recv, _ = m.frame.stamps[-1]
+            assert stage == "classify" and t_recv - m.frame.t_capture <= 0.4
+        disp.offer("cam", faces_msg(sample_data, 1, time.time() - 10))   # captured 10 s ago: over budget
         msg = decode(sink.recv()) if sink.poll(3000) else None
-        assert isinstance(msg, Skip) and msg.job == 3 and msg.reason == "stale"
+        assert isinstance(msg, Skip) and msg.job == 2 and msg.reason == "stale"
     finally:
         stop.set()
         worker.join(5)
+        disp.close()
         ctx.destroy(linger=0)

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.classify.worker import stale_skip
-from services.detect.stage import source_key
 from services.web.guards import origin_allowed, parse_origins
 from services.web.testing import declared_size_jpeg, encode_jpeg
 from shared.images import ImageError, ImageLimits, ImageTooLarge, declared_size, decode_image
@@ -110,7 +109,6 @@ def test_decode_message_on_random_bytes(data):
             decode(data, expect=expect)
         except MessageError:
             pass
-    source_key(data)   # detect's pre-decode peek never raises
     stale_skip(data)   # classify's skip builder never raises
 
 

@@ -22,7 +22,7 @@ import zmq
 from shared import bus
 from shared.config import Config
 from shared.labels import EMOTIONS
-from shared.messages import SCHEMA_VERSION, Frame, MessageError, decode, encode
+from shared.messages import SCHEMA_VERSION, Frame, decode, encode
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,21 +61,20 @@ def video(sample_data, tmp_path_factory) -> tuple[Path, int]:
 
 class Pipeline:
     """Starts stage processes with ipc:// endpoints in a private folder; the test binds the heartbeat
-    collector and subscribes to frames and annotated output."""
+    collector and subscribes to the annotated output. Annotate does not draw here (``draw=False``), so each
+    annotated frame carries capture's own JPEG, the one the checks run the detector and model on again."""
 
     def __init__(self, model_dir: Path, **cfg) -> None:
         d = tempfile.mkdtemp(prefix="fle2e", dir="/tmp")
         names = ("frames", "web_frames", "faces", "predictions", "annotated", "heartbeat")
         self.cfg = Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, heartbeat_interval=0.2,
-                          ema_alpha=1.0, model_dir=str(model_dir), **cfg)
+                          ema_alpha=1.0, model_dir=str(model_dir), **{"draw": False, **cfg})
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.env.update({"FERLIVE_" + k.upper(): str(v) for k, v in vars(self.cfg).items()})
         self.logdir, self.procs = Path(d), {}
         self.ctx = zmq.Context()
         self.heartbeats = bus.heartbeat_sub(self.cfg, self.ctx)
         self.annotated = bus.annotated_sub(self.cfg, self.ctx, hwm=10000)
-        self.frames = bus.make_socket(self.ctx, "SUB", "test_frames", self.cfg.frames_endpoint, bind=False,
-                                      hwm=10000)
         self.beats: dict[tuple[str, str], object] = {}
         self.out, self.sent = [], {}
 
@@ -88,10 +87,10 @@ class Pipeline:
         return p
 
     def pump(self, seconds: float) -> None:
-        """Receive annotated frames, frames and heartbeats for ``seconds``."""
+        """Receive annotated frames and heartbeats for ``seconds``."""
         end = time.time() + seconds
         poller = zmq.Poller()
-        for s in (self.heartbeats, self.annotated, self.frames):
+        for s in (self.heartbeats, self.annotated):
             poller.register(s, zmq.POLLIN)
         while (left := end - time.time()) > 0:
             for s, _ in poller.poll(int(left * 1000) + 1):
@@ -99,14 +98,10 @@ class Pipeline:
                 if s is self.heartbeats:
                     hb = decode(data, expect="heartbeat")
                     self.beats[(hb.stage, hb.instance)] = hb
-                elif s is self.annotated:
-                    self.out.append((time.time(), decode(data, expect="annotated")))
                 else:
-                    try:
-                        f = decode(data, expect="frame")
-                    except MessageError:  # the bad-input test sends garbage on purpose
-                        continue
-                    self.sent[f.seq] = f
+                    ann = decode(data, expect="annotated")
+                    self.out.append((time.time(), ann))
+                    self.sent[ann.frame.seq] = ann.frame  # capture's JPEG (draw=False)
 
     def wait_for(self, cond, timeout: float, what: str) -> float:
         t0 = time.time()
@@ -170,7 +165,7 @@ def run_video(pipe: Pipeline, video: Path, n_frames: int, workers: int) -> None:
     pipe.start("detect")
     pipe.wait_for(pipe.stages_up("annotate", "classify", "detect", count={"classify": workers}), 60,
                   "stages to start")
-    pipe.start("capture", "--source", str(video), "--fps", str(FPS), "--wait-subscriber-s", "5", "--wait-subscribers", "2")
+    pipe.start("capture", "--source", str(video), "--fps", str(FPS), "--wait-subscriber-s", "5")
     pipe.wait_for(lambda: pipe.procs["capture"].poll() is not None, 30, "capture to reach the end")
     assert pipe.procs["capture"].returncode == 0
     pipe.wait_for(lambda: len(pipe.out) >= n_frames, 10, f"{n_frames} annotated frames")
@@ -242,19 +237,19 @@ def test_bad_frames_are_counted_not_fatal(pipeline, sample_data):
     pipe.start("classify")
     pipe.start("detect")
     pipe.wait_for(pipe.stages_up("annotate", "classify", "detect"), 60, "stages to start")
-    pub = bus.frames_pub(pipe.cfg, pipe.ctx)
-    assert bus.wait_for_subscriber(pub, 5)
+    pub = bus.frames_dispatcher(pipe.cfg, pipe.ctx)
+    assert pub.wait_for_workers(5)
     time.sleep(0.3)
     good = cv2.imencode(".jpg", place_faces(sample_data, 2)[1])[1].tobytes()
     frame = lambda seq, jpeg, w=640, h=480: Frame("bad", seq, time.time(), jpeg, w, h,
                                                   [("capture", time.time(), time.time())])
     other_version = encode(frame(1, good)).replace(b"\xa1v" + bytes([SCHEMA_VERSION]), b"\xa1v\x63")
     assert other_version != encode(frame(1, good))
-    for data in (b"\x93garbage", encode(frame(0, b"\xff\xd8 not a jpeg")), other_version,
-                 encode(frame(2, good, w=320, h=240))):
-        bus.send_nowait(pub, data)
+    for i, data in enumerate((b"\x93garbage", encode(frame(0, b"\xff\xd8 not a jpeg")), other_version,
+                              encode(frame(2, good, w=320, h=240)))):
+        pub.offer(i, data)
         pipe.pump(0.15)
-    bus.send_nowait(pub, encode(frame(3, good)))
+    pub.offer("good", encode(frame(3, good)))
     pipe.wait_for(lambda: [a.frame.seq for _, a in pipe.out] == [3], 5, "the good frame")
     pipe.pump(0.5)
     c = pipe.counters("detect")
@@ -265,6 +260,7 @@ def test_bad_frames_are_counted_not_fatal(pipeline, sample_data):
     assert bus.send_within(sink, b"\x00junk", 1000)
     pipe.wait_for(lambda: pipe.counters("annotate").get("bad_messages") == 1, 3, "annotate to count it")
     assert all(p.poll() is None for p in pipe.procs.values()), "a stage died on bad input"
+    pub.close()
 
 
 def test_browser_frames_flow_beside_capture(pipeline, sample_data):
@@ -274,19 +270,21 @@ def test_browser_frames_flow_beside_capture(pipeline, sample_data):
     pipe.start("classify")
     pipe.start("detect")
     pipe.wait_for(pipe.stages_up("annotate", "classify", "detect"), 60, "stages to start")
-    web = bus.make_socket(pipe.ctx, "XPUB", "test_web", pipe.cfg.web_frames_endpoint, bind=True, hwm=16)
-    assert bus.wait_for_subscriber(web, 5)
+    from services.web.hub import web_frames_dispatcher
+    web = web_frames_dispatcher(pipe.cfg, pipe.ctx)
+    assert web.wait_for_workers(5)
     jpeg = cv2.imencode(".jpg", place_faces(sample_data, 2)[1])[1].tobytes()
     # Keep sending until three come back: the test's own SUB may join annotate's PUB a moment after the
     # stages report up (reconnect back-off), and PUB drops what is sent before a subscriber joins.
     seq, t0 = 0, time.time()
     while len(pipe.out) < 3 and time.time() - t0 < 30:
-        bus.send_nowait(web, encode(Frame("browser-1", seq, time.time(), jpeg, 640, 480,
-                                          [("capture", time.time(), time.time())])))
+        web.offer("browser-1", encode(Frame("browser-1", seq, time.time(), jpeg, 640, 480,
+                                            [("capture", time.time(), time.time())])))
         seq += 1
         pipe.pump(0.3)
     pipe.wait_for(lambda: len(pipe.out) >= 3, 5, "browser frames")
     assert {a.frame.source_id for _, a in pipe.out} == {"browser-1"}
+    web.close()
 
 
 def test_latency_does_not_grow_under_overload(pipeline):

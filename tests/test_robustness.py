@@ -146,7 +146,7 @@ class Rig:
                                     stdout=open(tmp / "web.log", "wb"), stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         self.ctx = zmq.Context()
-        self.frames = bus.frames_pub(self.cfg, self.ctx)
+        self.frames = bus.frames_dispatcher(self.cfg, self.ctx)  # the test is capture
         self.preds = bus.predictions_push(self.cfg, self.ctx)
         self.hb = bus.heartbeat_pub(self.cfg, self.ctx)
 
@@ -169,6 +169,7 @@ class Rig:
         self.pipe.stop()
         self.web.terminate()
         self.web.wait(10)
+        self.frames.close()
         self.ctx.destroy(linger=0)
 
 
@@ -203,7 +204,7 @@ def _answers_correctly(rig: Rig, jpeg: bytes, detector, source: str = "robust", 
 
     def arrived() -> bool:
         nonlocal got
-        bus.send_nowait(rig.frames, _raw_frame(source, seq0, jpeg, 640, 480))
+        rig.frames.offer(source, _raw_frame(source, seq0, jpeg, 640, 480))
         got = requests.get(rig.url + "/api/latest", params={"source": source}, timeout=2).json()
         return got.get("seq") == seq0
     assert wait_until(arrived, timeout, 0.2), (f"no answer to a good frame: {got}; alive "
@@ -218,7 +219,7 @@ def _answers_correctly(rig: Rig, jpeg: bytes, detector, source: str = "robust", 
 
 @pytest.mark.slow
 def test_bad_input_everywhere_leaves_every_stage_alive_and_correct(rig, good_frame, detector):
-    assert wait_until(lambda: bus.wait_for_subscriber(rig.frames, 0.2), 10)
+    assert rig.frames.wait_for_workers(10)
     _answers_correctly(rig, good_frame, detector)
     before = {s: rig.counters(s) for s in ("detect", "annotate")}
 
@@ -228,10 +229,10 @@ def test_bad_input_everywhere_leaves_every_stage_alive_and_correct(rig, good_fra
                   _raw_frame("x", 3, declared_size_jpeg(30000, 30000), 30000, 30000),
                   _raw_frame("x", 4, declared_size_jpeg(8000, 8000), 8000, 8000),
                   _raw_frame("x", 5, good_frame, 320, 240), _raw_frame("x", 6, b"\xff\xd8\xff" + b"\0" * 100, 640, 480)]
-    for data in bad_frames:
-        bus.send_nowait(rig.frames, data)
+    for i, data in enumerate(bad_frames):
+        rig.frames.offer(f"bad{i}", data)
         time.sleep(0.1)
-    bus.send_nowait(rig.frames, b"\0" * (rig.cfg.max_msg_bytes + 1))  # over MAXMSGSIZE: detect drops the peer
+    rig.frames.offer("oversize", b"\0" * (rig.cfg.max_msg_bytes + 1))  # over MAXMSGSIZE: detect drops the peer
 
     # --- the bus, to annotate: NaN probabilities, an unknown run id, junk
     good = Predictions(Faces(Frame("robust", 1, time.time(), good_frame, 640, 480, []),

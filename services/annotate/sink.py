@@ -95,6 +95,74 @@ class Reorderer:
         return out
 
 
+class RunsReorderer:
+    """One ``Reorderer`` per detect run, for several detect workers at once (each numbers its own jobs).
+
+    A run silent for ``run_ttl_s`` has its leftovers released and is forgotten, and at most ``max_runs``
+    are kept (the one silent longest goes first), so run ids off the bus cost bounded memory and a stray
+    one never holds up the others. Frames of one source may now come through different runs: the
+    caller keeps each source's frames in capture order (``SourceOrder``)."""
+
+    def __init__(self, window: int = 8, timeout_s: float = 0.1, counters: Optional[Counter] = None,
+                 max_runs: int = 16, run_ttl_s: float = 5.0) -> None:
+        self.window, self.timeout_s, self.max_runs, self.run_ttl_s = window, timeout_s, max_runs, run_ttl_s
+        self.counters = counters if counters is not None else Counter()
+        self.runs: dict[int, Reorderer] = {}
+        self._last: dict[int, float] = {}
+
+    def _order(self, run: int, now: float) -> tuple[Reorderer, list[tuple[float, Predictions]]]:
+        out: list[tuple[float, Predictions]] = []
+        if run not in self.runs:
+            if len(self.runs) >= self.max_runs:
+                out += self._retire(min(self._last, key=self._last.__getitem__))
+            self.runs[run] = Reorderer(self.window, self.timeout_s, self.counters)
+        self._last[run] = now
+        return self.runs[run], out
+
+    def _retire(self, run: int) -> list[tuple[float, Predictions]]:
+        del self._last[run]
+        return self.runs.pop(run)._flush()
+
+    def push(self, preds: Predictions, now: float) -> list[tuple[float, Predictions]]:
+        order, out = self._order(preds.faces.run, now)
+        return out + order.push(preds, now)
+
+    def skip(self, run: int, job: int, now: float) -> list[tuple[float, Predictions]]:
+        order, out = self._order(run, now)
+        return out + order.skip(run, job, now)
+
+    def poll(self, now: float) -> list[tuple[float, Predictions]]:
+        out: list[tuple[float, Predictions]] = []
+        for run in [r for r, t in self._last.items() if now - t > self.run_ttl_s]:
+            out += self._retire(run)
+        for order in self.runs.values():
+            out += order.poll(now)
+        return out
+
+
+class SourceOrder:
+    """Keeps each source's frames in capture order across detect workers: a frame captured before one
+    already released for its source is dropped (counted ``out_of_order``), so the tracker never steps
+    back. Bounded like the trackers (``max_sources``, oldest forgotten)."""
+
+    def __init__(self, counters: Optional[Counter] = None, max_sources: int = 64) -> None:
+        self.counters = counters if counters is not None else Counter()
+        self.max_sources = max_sources
+        self.last: dict[str, float] = {}
+
+    def admit(self, preds: Predictions) -> bool:
+        frame = preds.frame
+        last = self.last.get(frame.source_id)
+        if last is not None and frame.t_capture < last:
+            self.counters["out_of_order"] += 1
+            return False
+        self.last.pop(frame.source_id, None)
+        self.last[frame.source_id] = frame.t_capture  # insertion order = least recently seen first
+        if len(self.last) > self.max_sources:
+            del self.last[next(iter(self.last))]
+        return True
+
+
 def face_results(preds: Predictions, tracker: Tracker) -> list[FaceResult]:
     """Track the frame's faces and turn them into FaceResults (smoothed label + raw model scores)."""
     boxes, probs = preds.faces.boxes_xywh, preds.probs

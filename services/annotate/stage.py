@@ -17,7 +17,7 @@ from shared.guard import Guard
 from shared.images import ImageError, ImageLimits, decode_image
 from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, Skip, decode, encode
 from shared.tracking import Tracker
-from services.annotate.sink import Reorderer, face_results
+from services.annotate.sink import RunsReorderer, SourceOrder, face_results
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,15 @@ MAX_SOURCES = 64
 
 
 class AnnotateStage:
-    """Predictions in (any order) -> Annotated out (frame order), one tracker per source."""
+    """Predictions in (any order, from any number of detect workers) -> Annotated out (frame order per
+    detect run, capture order per source), one tracker per source."""
 
     def __init__(self, cfg: Config, counters: Optional[Counter] = None, guard: Optional[Guard] = None) -> None:
         self.cfg = cfg
         self.counters = counters if counters is not None else Counter()
         self.guard = guard or Guard(self.counters, log, cfg.log_every_s)
-        self.reorder = Reorderer(cfg.reorder_window, cfg.reorder_timeout_ms / 1e3, self.counters)
+        self.reorder = RunsReorderer(cfg.reorder_window, cfg.reorder_timeout_ms / 1e3, self.counters)
+        self.order = SourceOrder(self.counters, MAX_SOURCES)
         self.trackers: dict[str, Tracker] = {}
         self.limits = ImageLimits(max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side,
                                   max_side=max(cfg.min_image_side, 16))
@@ -60,6 +62,8 @@ class AnnotateStage:
         """Render each released result; one that fails is counted and logged, the others still go."""
         out = []
         for t, p in ready:
+            if not self.order.admit(p):
+                continue
             with self.guard.handling("a result"):
                 out.append(self.render(p, t))
         return out

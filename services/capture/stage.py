@@ -48,12 +48,12 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
     ctx = ctx or zmq.Context.instance()
     kind, _ = parse_source(cfg.source)
     source_id = cfg.source_id or cfg.source
-    pub = bus.frames_pub(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "capture", cfg.heartbeat_interval)
+    pub = bus.frames_dispatcher(cfg, ctx, hb.counters)  # the newest frame goes to whichever detect is free
     hb.detail = f"{kind} {cfg.source}"
     hb.tick(force=True)
-    if cfg.wait_subscriber_s > 0 and not bus.wait_for_subscriber(pub, cfg.wait_subscriber_s, cfg.wait_subscribers):
-        log.warning("no subscriber after %.1f s; sending anyway", cfg.wait_subscriber_s)
+    if cfg.wait_subscriber_s > 0 and not pub.wait_for_workers(cfg.wait_subscriber_s, cfg.wait_subscribers):
+        log.warning("no detect worker after %.1f s; sending anyway", cfg.wait_subscriber_s)
     backoff = Backoff(cfg.retry_max_s)
     guard = Guard(hb.counters, log, cfg.log_every_s)
     period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
@@ -131,15 +131,13 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
                                     cfg.jpeg_quality)
                 t_send = time.time()
                 msg.stamps.append(("capture", t_grab, t_send))
-                if bus.send_nowait(pub, encode(msg)):
-                    hb.counters["frames_out"] += 1
-                else:
-                    hb.counters["dropped"] += 1
+                pub.offer(source_id, encode(msg))  # replaces a frame no detect worker took yet ('superseded')
+                hb.counters["frames_out"] += 1
                 seq += 1
     finally:
         hb.tick(force=True)
         if src is not None:
             src.close()
-        pub.close(0)
+        pub.close(drain_s=1.0)  # the last frames of a file still go to a free worker
         hb.sock.close(0)
     return seq

@@ -71,25 +71,25 @@ def classify_checked(model: Model, faces: Faces, counters: Counter, guard: Guard
 
 def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
         should_stop: Callable[[], bool] = lambda: False) -> None:
-    """PULL faces -> classify -> PUSH predictions to annotate, until Shutdown."""
+    """Ask detect's dispatcher for a faces message when free -> classify -> PUSH predictions to annotate,
+    until Shutdown."""
     ctx = ctx or zmq.Context.instance()
-    pull, push = bus.faces_worker(cfg, ctx), bus.predictions_push(cfg, ctx)
+    link, push = bus.faces_worker(cfg, ctx), bus.predictions_push(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "classify", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)
     guard = Guard(hb.counters, log, cfg.log_every_s)
-    redial = bus.Redialer(pull, [cfg.faces_endpoint])  # an oversized message must not cut detect off
     hb.tick(force=True)
     try:
         while not should_stop():
             hb.tick()
-            redial.check()
-            queued = bus.recv_all(pull, 100)
-            if not queued:
+            data = link.get(0.1)
+            if data is None:
                 continue
+            queued = [data] + link.drain()  # more than one only if a credit was repeated
             t_recv = time.time()
             hb.counters["frames_in"] += len(queued)
             hb.note_input()
-            data = queued.pop()  # the newest; older ones queued behind a busy worker are too late now
+            data = queued.pop()  # the newest; an older one would only be late
             with guard.handling("a faces message"):
                 for old in queued:  # dropped unclassified: tell the sink not to wait for them
                     hb.counters["stale"] += 1
@@ -111,6 +111,6 @@ def run(cfg: Config, model: Model, ctx: Optional[zmq.Context] = None,
                     hb.counters["dropped_no_sink"] += 1
     finally:
         hb.tick(force=True)
-        redial.close()
-        for s in (pull, push, hb.sock):
+        link.close()
+        for s in (push, hb.sock):
             s.close(0)

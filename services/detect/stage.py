@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from typing import Callable, Optional, Protocol
 
-import msgpack
 import numpy as np
 import zmq
 
@@ -40,15 +39,6 @@ def decode_frame(frame: Frame, limits: ImageLimits = ImageLimits()) -> np.ndarra
         return decode_image(frame.jpeg, limits, expect_wh=(frame.width, frame.height), jpeg_only=True).frame_bgr
     except ImageError as exc:
         raise BadFrame(f"frame {frame.source_id[:40]}#{frame.seq}: {exc}") from None
-
-
-def source_key(data: bytes) -> Optional[str]:
-    """A frame message's source_id without validating it (bad messages share the ``None`` slot)."""
-    try:
-        d = msgpack.unpackb(data, raw=False)
-        return d.get("source_id") if isinstance(d, dict) and isinstance(d.get("source_id"), str) else None
-    except Exception:
-        return None
 
 
 def image_limits(cfg: Config) -> ImageLimits:
@@ -90,41 +80,52 @@ class DetectStage:
     def commit(self) -> None:
         self.job += 1
 
+    def release(self, faces: Faces, max_lag_s: float = 0.0, now: Optional[float] = None) -> Optional[bytes]:
+        """The bytes of a result as a classify worker takes it: numbered with the next job (only what is
+        really sent is numbered, so annotate never waits for a frame that was superseded), or None
+        (counted ``stale``) when it was captured longer ago than the latency budget."""
+        now = time.time() if now is None else now
+        if max_lag_s > 0 and now - faces.frame.t_capture > max_lag_s:
+            self.counters["stale"] += 1
+            return None
+        faces.job = self.job
+        self.commit()
+        return encode(faces)
+
 
 def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
         should_stop: Callable[[], bool] = lambda: False) -> None:
-    """SUB frames (newest only) -> detect -> PUSH faces to the classify workers, until Shutdown."""
+    """Frames from capture's and the web's dispatchers (one credit at each: this worker is handed the newest
+    frame of a source when it is free) -> detect -> the faces dispatcher, which hands each source's newest
+    result to whichever classify worker is free; until Shutdown."""
     ctx = ctx or zmq.Context.instance()
-    newest = bus.NewestReceiver(ctx, lambda: bus.frames_sub(cfg, ctx), key=source_key,
-                                endpoints=[cfg.frames_endpoint, cfg.web_frames_endpoint])
-    push = bus.faces_ventilator(cfg, ctx)
+    link = bus.frames_worker(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)
     guard = Guard(hb.counters, log, cfg.log_every_s)
     stage = DetectStage(detector, hb.counters, image_limits(cfg), guard)
+    hb.counters["stale"] += 0
+    out = bus.faces_dispatcher(cfg, ctx, lambda faces: stage.release(faces, cfg.max_lag_ms / 1e3),
+                               counters=hb.counters)
     try:
         while not should_stop():
             hb.tick()
-            data, skipped = newest.get(0.1)
+            data = link.get(0.1)
             if data is None:
                 continue
-            t_recv = newest.arrived_at  # arrival in this process: the hop is transport only
+            t_recv = time.time()  # the frame was sent when this worker asked: the hop is transport only
             hb.counters["frames_in"] += 1
             hb.note_input()
-            hb.counters["skipped_slow"] += skipped
             with guard.handling("a frame"):
                 faces = stage.handle(data)
                 del data  # nothing of one input outlives its handling
                 if faces is None:
                     continue
                 faces.frame.stamps.append(("detect", t_recv, time.time()))
-                if bus.send_nowait(push, encode(faces)):
-                    stage.commit()
-                    hb.counters["frames_out"] += 1
-                else:
-                    hb.counters["dropped_busy"] += 1  # every worker busy (or none): newest frames win
+                out.offer(faces.frame.source_id, faces)  # waits for a free worker; a newer result replaces it
+                hb.counters["frames_out"] += 1
     finally:
         hb.tick(force=True)
-        newest.close()
-        for s in (push, hb.sock):
-            s.close(0)
+        out.close()
+        link.close()
+        hb.sock.close(0)

@@ -6,8 +6,9 @@
   slot guarded by a condition variable; any number of MJPEG viewers wait on it and each takes the newest
   when it is ready for one, so a slow viewer skips frames and nothing queues.
 * ``heartbeat_sub`` (SUB, binds): each stage's heartbeats -> alive or not.
-* ``web_frames_pub`` (PUB, binds ``web_frames_endpoint``): frames from browsers, published into the
-  pipeline as their own sources; detect's frames SUB connects to it as well as to capture's PUB.
+* ``web_frames_dispatcher`` (a ``bus.Dispatcher``, ROUTER, binds ``web_frames_endpoint``): frames from
+  browsers, handed into the pipeline as their own sources (the newest frame of each to whichever detect
+  worker asks next; detect workers ask here as well as at capture's dispatcher).
   Annotated results of such a source are handed to the one callback registered for it (its WebSocket),
   never to anyone else.
 
@@ -41,10 +42,12 @@ MAX_SOURCES = 64
 _LATENCY_NAMES = frozenset(("web",) + STAGES)
 
 
-def web_frames_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    """PUB (binds ``cfg.web_frames_endpoint``) of browser frames; detect's frames SUB connects to it too."""
-    return bus.make_socket(ctx, "PUB", "web_frames_pub", cfg.web_frames_endpoint, bind=True,
-                           hwm=max(cfg.pub_hwm, 16), sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
+def web_frames_dispatcher(cfg: Config, ctx: zmq.Context) -> bus.Dispatcher:
+    """The dispatcher (ROUTER, binds ``cfg.web_frames_endpoint``) of browser frames to detect workers."""
+    return bus.Dispatcher(lambda: bus.make_socket(ctx, "ROUTER", "web_frames_dispatch", cfg.web_frames_endpoint,
+                                                  bind=True, hwm=cfg.faces_hwm, sock_buf=cfg.sock_buf,
+                                                  max_msg=bus.CONTROL_MAX_MSG, curve_dir=cfg.curve_dir),
+                          name="web-frames")
 
 
 @dataclass
@@ -96,10 +99,10 @@ class PipelineHub:
         self.guard = Guard(self.counters, log, cfg.log_every_s)
         self._last_expiry = 0.0
         self._browser_frames = 0
-        # Sockets are created here but used only by the hub thread (the PUB: under _pub_lock).
+        # Sockets are created here but used only by the hub thread (the dispatcher has its own thread).
         self._sub = bus.annotated_sub(cfg, self.ctx)
         self._hb = bus.heartbeat_sub(cfg, self.ctx) if heartbeats else None
-        self._pub = web_frames_pub(cfg, self.ctx) if ingest and cfg.web_frames_endpoint else None
+        self._pub = web_frames_dispatcher(cfg, self.ctx) if ingest and cfg.web_frames_endpoint else None
         self._thread = threading.Thread(target=self._run, name="ferlive-hub", daemon=True)
         self._thread.start()
 
@@ -220,7 +223,8 @@ class PipelineHub:
 
     def publish_frame(self, source_id: str, seq: int, jpeg: bytes, width: int, height: int,
                       t_recv: float) -> bool:
-        """Publish a browser frame into the pipeline; False if it was not sent (no ingest, or queue full)."""
+        """Hand a browser frame to the pipeline (replacing one of the same source no detect worker took yet);
+        False if there is no ingest or the hub is closed."""
         if self._pub is None:
             return False
         t_send = time.time()
@@ -230,7 +234,8 @@ class PipelineHub:
         with self._pub_lock:
             if self._stop.is_set():
                 return False
-            return bus.send_nowait(self._pub, data)
+            self._pub.offer(source_id, data)
+            return True
 
     @property
     def closed(self) -> bool:
@@ -322,9 +327,11 @@ class PipelineHub:
             self._cond.notify_all()
         self._thread.join(timeout=2)
         with self._pub_lock:
-            for sock in (self._sub, self._hb, self._pub):
+            for sock in (self._sub, self._hb):
                 if sock is not None:
                     sock.close(0)
+            if self._pub is not None:
+                self._pub.close()
         if self._own_ctx:
             if self.cfg.curve_dir:
                 from shared.keys import stop_authenticator

@@ -215,14 +215,14 @@ def _summary(states: list[SourceState]) -> tuple[str, str]:
 
 
 def _report(hb: bus.Heartbeater, states: list[SourceState], force: bool = False) -> None:
-    """Heartbeat: the totals of every source's counters, the summary status and, with several sources,
-    each source's own status and counters."""
+    """Heartbeat: the totals of every source's counters, the summary status and each source's own
+    status and counters (the web's per-source health)."""
     total: Counter[str] = Counter()
     for s in states:
         total.update(dict(s.counters))
     hb.counters = total
     hb.status, hb.detail = _summary(states)
-    hb.sources = {s.source_id: s.report() for s in states} if len(states) > 1 else {}
+    hb.sources = {s.source_id: s.report() for s in states}
     hb.tick(force=force)
 
 

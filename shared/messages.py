@@ -7,7 +7,8 @@ Kinds and who sends them (see shared/bus.py for the sockets):
                                          + five landmarks per face (float32 (N,5,2), NaN where unknown)
     predictions  classify -> annotate    Predictions: the faces + probabilities float32 (N,7), EMOTIONS order
     annotated    annotate -> web         Annotated: the annotated JPEG + one FaceResult per face
-    heartbeat    every stage -> web      Heartbeat: a stage's counters and status, once per interval
+    heartbeat    every stage -> web      Heartbeat: a stage's counters and status, once per interval (capture:
+                                         also each source's, in the optional ``sources`` map)
     skip         classify -> annotate    Skip: a job dropped unclassified (older than the latency budget),
                                          so the sink does not wait for it (schema version 2)
 

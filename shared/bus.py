@@ -48,7 +48,7 @@ from typing import Callable, Optional
 import zmq
 
 from shared.config import Config, ConfigError
-from shared.messages import Heartbeat, encode
+from shared.messages import Heartbeat, SourceStatus, encode
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +506,8 @@ def instance_name() -> str:
 
 
 class Heartbeater:
-    """Counters of one stage, published as a Heartbeat every ``interval`` seconds by ``tick()``.
+    """Counters of one stage, published as a Heartbeat every ``interval`` seconds by ``tick()``;
+    ``sources`` (capture) adds each source's own status and counters.
 
     Call ``note_input()`` when the stage receives work: after ``idle_after`` seconds without any, the
     status reads "idle" ("no input for N s"), so the page can tell a starved stage from a dead one."""
@@ -516,6 +517,7 @@ class Heartbeater:
         self.instance = instance_name()
         self.counters: Counter[str] = Counter()
         self.status, self.detail = "ok", ""
+        self.sources: dict[str, SourceStatus] = {}
         self.last_input = time.time()
         self._next = 0.0
 
@@ -531,7 +533,8 @@ class Heartbeater:
         if self.idle_after and status == "ok" and now - self.last_input > self.idle_after:
             status, detail = "idle", f"no input for {now - self.last_input:.0f} s"
         hb = Heartbeat(stage=self.stage, instance=self.instance, t=now, interval=self.interval,
-                       counters={k: int(v) for k, v in self.counters.items()}, status=status, detail=detail)
+                       counters={k: int(v) for k, v in self.counters.items()}, status=status, detail=detail,
+                       sources=dict(self.sources))
         send_nowait(self.sock, encode(hb))
 
 

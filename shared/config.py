@@ -64,8 +64,10 @@ class Config:
                             "client.key_secret and the public *.key): every socket encrypts and "
                             "authenticates ('' = plain TCP)")
     # --- capture ------------------------------------------------------------------------------
-    source: str = _f("demo", "camera index (0), video file, stream URL (rtsp://, http://) or 'demo'")
-    source_id: str = _f("", "name of the source in messages (default: the source itself)")
+    source: str = _f("demo", "camera index (0), video file, stream URL (rtsp://, http://) or 'demo'; several, "
+                             "comma-separated, are read side by side ('demo,clip.mp4,0')")
+    source_id: str = _f("", "name of the source in messages, one per source, comma-separated (default: the "
+                            "source itself; a repeated one gets #2, #3, ...)")
     loop: bool = _f(False, "restart a video file at its end (demo always loops)")
     fps: float = _f(30.0, "capture rate limit, frames per second (0: as fast as the source gives)")
     width: int = _f(640, "frame width sent downstream (frames are resized to it)")

@@ -7,7 +7,8 @@ Kinds and who sends them (see shared/bus.py for the sockets):
                                          + five landmarks per face (float32 (N,5,2), NaN where unknown)
     predictions  classify -> annotate    Predictions: the faces + probabilities float32 (N,7), EMOTIONS order
     annotated    annotate -> web         Annotated: the annotated JPEG + one FaceResult per face
-    heartbeat    every stage -> web      Heartbeat: a stage's counters and status, once per interval
+    heartbeat    every stage -> web      Heartbeat: a stage's counters and status, once per interval (capture:
+                                         also each source's, in the optional ``sources`` map)
     skip         classify -> annotate    Skip: a job dropped unclassified (older than the latency budget),
                                          so the sink does not wait for it (schema version 2)
 
@@ -53,6 +54,10 @@ MAX_ID_CHARS = 128
 MAX_COUNTERS = 64
 MAX_DETAIL_CHARS = 512
 MAX_BOX_COORD = 1 << 20
+MAX_HEARTBEAT_SOURCES = 32
+"""At most this many per-source reports in one heartbeat (``Heartbeat.sources``)."""
+MAX_SOURCE_COUNTERS = 8
+MAX_SOURCE_DETAIL_CHARS = 200
 
 BROWSER_PREFIX = "browser-"
 """Source ids of browsers' own cameras (the web stage names them). Their results go back to that browser
@@ -165,10 +170,22 @@ class Annotated:
 
 
 @dataclass
+class SourceStatus:
+    """One source of a capture process that serves several: its status ("ok", "reconnecting", "eof",
+    "missing"), what went wrong (``detail``) and its own counters (frames_out, dropped, ...)."""
+
+    status: str = "ok"
+    detail: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Heartbeat:
     """A stage's periodic report. ``instance`` tells apart several processes of one stage (classify
     workers); ``counters`` are monotonic totals since the process started; ``status`` is "ok", or a
-    short word such as "stalled"/"reconnecting"/"eof" with ``detail`` saying more."""
+    short word such as "stalled"/"reconnecting"/"eof" with ``detail`` saying more. ``sources`` (capture
+    only; optional on the wire, so heartbeats without it decode as before and older readers ignore it):
+    source id -> SourceStatus."""
 
     stage: str
     instance: str
@@ -177,6 +194,7 @@ class Heartbeat:
     counters: dict[str, int]
     status: str = "ok"
     detail: str = ""
+    sources: dict[str, SourceStatus] = field(default_factory=dict)
     kind: ClassVar[str] = "heartbeat"
 
 
@@ -276,6 +294,9 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, Heartbeat):
         body = {"stage": msg.stage, "instance": msg.instance, "t": msg.t, "interval": msg.interval,
                 "counters": msg.counters, "status": msg.status, "detail": msg.detail}
+        if msg.sources:  # optional: absent unless a capture process reports its sources
+            body["sources"] = {k: {"status": v.status, "detail": v.detail, "counters": v.counters}
+                               for k, v in msg.sources.items()}
     else:
         raise MessageError(f"cannot encode {type(msg).__name__}: not a message dataclass")
     body["v"] = SCHEMA_VERSION
@@ -425,12 +446,7 @@ def decode(data: bytes, expect: str | None = None) -> Message:
     if kind == "skip":
         return Skip(run=_get(d, "run", int, "skip"), job=_get(d, "job", int, "skip"),
                     reason=_text(d, "reason", "skip", limit=32))
-    counters = _get(d, "counters", dict, "heartbeat")
-    if len(counters) > MAX_COUNTERS or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, int) and not isinstance(v, bool)
-            and 0 <= v < 1 << 63 for k, v in counters.items()):
-        raise MessageError(f"heartbeat.counters: expected at most {MAX_COUNTERS} names (str) to counts "
-                           f"(int >= 0), got {brief(counters)}")
+    counters = _counters(d, "heartbeat", MAX_COUNTERS)
     stage = _get(d, "stage", str, "heartbeat")
     if stage not in STAGES:
         raise MessageError(f"heartbeat.stage: {brief(stage)} is not one of {STAGES}")
@@ -440,4 +456,33 @@ def decode(data: bytes, expect: str | None = None) -> Message:
     return Heartbeat(stage=stage, instance=_text(d, "instance", "heartbeat", empty=False),
                      t=_get(d, "t", float, "heartbeat"), interval=interval,
                      counters=counters, status=_text(d, "status", "heartbeat", limit=32),
-                     detail=_text(d, "detail", "heartbeat", limit=MAX_DETAIL_CHARS))
+                     detail=_text(d, "detail", "heartbeat", limit=MAX_DETAIL_CHARS),
+                     sources=_decode_sources(d.get("sources", {})))
+
+
+def _counters(d: dict, where: str, limit: int) -> dict[str, int]:
+    counters = _get(d, "counters", dict, where)
+    if len(counters) > limit or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, int) and not isinstance(v, bool)
+            and 0 <= v < 1 << 63 for k, v in counters.items()):
+        raise MessageError(f"{where}.counters: expected at most {limit} names (str) to counts "
+                           f"(int >= 0), got {brief(counters)}")
+    return counters
+
+
+def _decode_sources(raw: Any) -> dict[str, SourceStatus]:
+    """heartbeat.sources: at most MAX_HEARTBEAT_SOURCES ids (1..MAX_ID_CHARS characters) -> SourceStatus."""
+    if not isinstance(raw, dict) or len(raw) > MAX_HEARTBEAT_SOURCES:
+        raise MessageError(f"heartbeat.sources: expected a map of at most {MAX_HEARTBEAT_SOURCES} sources, "
+                           f"got {brief(raw)}")
+    out: dict[str, SourceStatus] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_ID_CHARS:
+            raise MessageError(f"heartbeat.sources: source id {brief(key)}, expected 1..{MAX_ID_CHARS} characters")
+        if not isinstance(value, dict):
+            raise MessageError(f"heartbeat.sources[{brief(key, 40)}]: expected a map, got {type(value).__name__}")
+        where = "heartbeat.sources[]"
+        out[key] = SourceStatus(status=_text(value, "status", where, limit=32),
+                                detail=_text(value, "detail", where, limit=MAX_SOURCE_DETAIL_CHARS),
+                                counters=_counters(value, where, MAX_SOURCE_COUNTERS))
+    return out

@@ -59,7 +59,8 @@ def media(faces, tmp_path_factory):
 def server(tiny_model_dir, media, tmp_path_factory):
     cfg = pipeline_config(fps=15.0)
     logs = tmp_path_factory.mktemp("browser-pipeline")
-    pipe = Pipeline(cfg, tiny_model_dir, capture_source=str(media["avi"]), log_dir=logs)
+    # two sources side by side: the faces video and the demo photo
+    pipe = Pipeline(cfg, tiny_model_dir, capture_source=f"{media['avi']},demo", log_dir=logs)
     web = WebServer({"FERLIVE": cfg, "MODEL_DIR": str(tiny_model_dir)})
     hub = web.app.extensions["ferlive.hub"]
     try:
@@ -155,16 +156,25 @@ def test_webcam_page_draws_boxes_labels_and_bars_over_the_video(page, server, sh
     assert all(r[9] in EMOTIONS and abs(sum(map(float, r[10:17])) - 1) < 0.05 for r in rows[1:])
 
 
-def test_live_page_shows_the_mjpeg_stream_and_probabilities(page, server, shots):
+def test_live_page_shows_a_tile_per_source_with_its_stream_faces_and_health(page, server, media, shots):
     page.goto(server.url + "/")
-    wait_js(page, "document.querySelector('#stream').naturalWidth === 640", timeout=20000)
-    wait_js(page, "document.querySelectorAll('#faces .face').length >= 1", timeout=20000)
-    assert page.locator("#faces .face").first.locator(".bar").count() == 7
+    avi = f".tile[data-source='{media['avi']}']"
+    wait_js(page, "document.querySelectorAll('#grid .tile').length === 2", timeout=20000)
+    for tile in (avi, ".tile[data-source='demo']"):
+        wait_js(page, f"document.querySelector(\"{tile} .stream\").naturalWidth === 640", timeout=20000)
+        wait_js(page, f"document.querySelector(\"{tile} .fps\").textContent !== '–'", timeout=10000)
+        assert page.text_content(f"{tile} .tile-status") == "ok"
+    wait_js(page, f"document.querySelectorAll(\"{avi} .faces .face\").length >= 1", timeout=20000)
+    assert page.locator(f"{avi} .faces .face").first.locator(".bar").count() == 7
     wait_js(page, "document.querySelectorAll('#stages .pill.up').length === 4", timeout=10000)
-    wait_js(page, "document.querySelector('#fps').textContent !== '–'", timeout=10000)
     page.wait_for_timeout(500)
     page.screenshot(path=str(shots / "live.png"))
     assert not page.csp_errors
+    # ?source= shows that source alone
+    page.goto(server.url + "/?source=demo")
+    wait_js(page, "document.querySelector('.tile .stream').naturalWidth === 640", timeout=20000)
+    page.wait_for_timeout(1500)  # a status poll later, still one tile
+    assert page.locator("#grid .tile").count() == 1
 
 
 def test_upload_page_annotates_a_dropped_photo(page, server, media, shots, tmp_path):
@@ -221,3 +231,54 @@ def test_video_page_analyses_an_upload_and_offers_the_outputs(page, server, medi
     wait_js(page, "document.querySelector('#job-status').classList.contains('error')", timeout=10000)
     assert "not a video" in page.text_content("#job-status")
     assert not page.csp_errors
+
+
+def test_live_grid_adds_tiles_as_sources_appear_and_streams_at_most_four(page, tmp_path):
+    """Six sources from a stand-in annotate stage (no pipeline): a tile each as they appear, the first
+    four as MJPEG streams, the others as refreshed stills, each with its own faces."""
+    import threading
+    import time
+    import zmq
+    from shared import bus
+    from shared.messages import Annotated, FaceResult, Frame, encode
+    cfg = pipeline_config()
+    web = WebServer({"FERLIVE": cfg})
+    ctx = zmq.Context()
+    pub = bus.annotated_pub(cfg.replace(pub_hwm=100), ctx)
+    jpeg = encode_jpeg(np.full((48, 64, 3), 90, np.uint8))
+    scores = {e: (0.4 if e == "sad" else 0.1) for e in EMOTIONS}
+    live = ["cam-1", "cam-2", "cam-3", "cam-4", "cam-5"]
+    stop = threading.Event()
+
+    def feed():
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            for k, sid in enumerate(list(live)):
+                results = [FaceResult((4, 4, 20, 20), "sad", scores, scores, i) for i in range(k % 3 + 1)]
+                pub.send(encode(Annotated(Frame(sid, seq, time.time(), jpeg, 64, 48), results)))
+            time.sleep(0.1)
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        hub = web.app.extensions["ferlive.hub"]
+        assert wait_until(lambda: len(hub.sources()) == 5, 10)
+        page.goto(web.url + "/")
+        wait_js(page, "document.querySelectorAll('#grid .tile').length === 5")
+        live.append("cam-6")  # a source that comes later gets its tile without a reload
+        wait_js(page, "document.querySelectorAll('#grid .tile').length === 6", timeout=10000)
+        srcs = page.eval_on_selector_all("#grid .tile .stream", "els => els.map(e => e.getAttribute('src'))")
+        assert all(s.startswith(f"/video_feed?source=cam-{i + 1}") for i, s in enumerate(srcs))
+        assert all("frames=1" not in s for s in srcs[:4]) and all("frames=1" in s for s in srcs[4:])
+        wait_js(page, "[...document.querySelectorAll('#grid .tile .stream')].every(i => i.naturalWidth === 64)",
+                timeout=10000)
+        wait_js(page, "document.querySelectorAll(\"[data-source='cam-6'] .faces .face\").length === 3", timeout=10000)
+        assert page.text_content("[data-source='cam-6'] .tile-status") == "ok"
+        assert page.text_content("#source-count") == "6"
+        assert not page.csp_errors
+    finally:
+        stop.set()
+        t.join(2)
+        web.stop()
+        pub.close(0)
+        ctx.term()

@@ -1,4 +1,5 @@
-"""Capture: source parsing, the demo source, frame messages, end of file, looping, and a lost camera."""
+"""Capture: source parsing, the demo source, frame messages, end of file, looping, a lost camera, and
+several sources in one process."""
 from __future__ import annotations
 
 import tempfile
@@ -11,9 +12,9 @@ import pytest
 import zmq
 
 from shared import bus
-from shared.config import Config
+from shared.config import Config, ConfigError
 from shared.messages import decode, latencies
-from services.capture.source import DemoSource, demo_image_path, fit_frame, parse_source
+from services.capture.source import DemoSource, demo_image_path, fit_frame, parse_source, parse_sources
 from services.capture.stage import Backoff, frame_message, run
 
 
@@ -135,3 +136,66 @@ def test_missing_camera_is_retried_and_reported(cfg):
 def test_missing_file_is_an_error_not_a_retry(cfg):
     with pytest.raises(FileNotFoundError, match="nope.mp4"):
         run(cfg.replace(source="/tmp/nope.mp4", wait_subscriber_s=0))
+
+
+# ------------------------------------------------------------------------------- several sources
+def test_parse_sources():
+    assert parse_sources("demo") == [("demo", "demo")]  # one source: named by itself, as before
+    assert parse_sources("clip.mp4", "cam") == [("clip.mp4", "cam")]
+    assert parse_sources("demo, clip.mp4,0") == [("demo", "demo"), ("clip.mp4", "clip.mp4"), ("0", "0")]
+    assert parse_sources("demo,demo,demo") == [("demo", "demo"), ("demo", "demo#2"), ("demo", "demo#3")]
+    assert parse_sources("demo,0", "hall, door") == [("demo", "hall"), ("0", "door")]
+    assert parse_sources('"rtsp://cam/?a=1,2",demo') == [("rtsp://cam/?a=1,2", "rtsp://cam/?a=1,2"), ("demo", "demo")]
+    for source, ids, needle in [("demo,0", "a", "names 1 sources but --source has 2"),
+                                ("demo,0", "a,a", "repeats an id"),
+                                ("demo,,0", "", "empty source"),
+                                ("demo", "x" * 129, "129 characters"),
+                                ("/" + "d" * 200 + ".mp4", "", "name it with --source-id"),
+                                ("demo", "browser-1", "browsers' own cameras"),
+                                (",".join(["demo"] * 17), "", "at most 16")]:
+        with pytest.raises(ConfigError, match=needle):
+            parse_sources(source, ids)
+
+
+def test_two_sources_send_frames_of_both_ids(cfg, tmp_path):
+    video = write_video(tmp_path / "v.avi", 12)
+    cfg = cfg.replace(source=f"demo,{video}", source_id="hall,door", loop=True, max_frames=15,
+                      fps=50)  # the file at its own 10 frames/s, the demo at 50
+    frames, beats, alive = collect(cfg, lambda f, b: False)
+    assert not alive
+    by_id = {sid: [f.seq for f in frames if f.source_id == sid] for sid in ("hall", "door")}
+    assert by_id == {"hall": list(range(15)), "door": list(range(15))}
+    assert {(f.width, f.height) for f in frames} == {(160, 120)}
+    last = beats[-1]
+    assert last.counters["frames_out"] == 30 and last.counters["rewinds"] == 1
+    assert set(last.sources) == {"hall", "door"}
+    assert last.sources["hall"].counters["frames_out"] == 15 and last.sources["door"].counters["rewinds"] == 1
+    assert last.sources["door"].status == "ok" and "door" in last.detail
+
+
+def test_a_missing_file_does_not_stop_the_other_sources(cfg, tmp_path):
+    missing = str(tmp_path / "nope.avi")
+    cfg = cfg.replace(source=f"{missing},demo,demo", max_frames=20, fps=50)
+    frames, beats, alive = collect(cfg, lambda f, b: False)
+    assert not alive
+    assert sorted({f.source_id for f in frames}) == ["demo", "demo#2"]
+    assert sum(f.source_id == "demo#2" for f in frames) == 20
+    hb = beats[-1]
+    assert hb.sources[missing].status == "missing" and "nope.avi" in hb.sources[missing].detail
+    assert hb.sources["demo"].counters["frames_out"] == 20
+    assert any(b.status == "degraded" and "nope.avi" in b.detail for b in beats)
+
+
+def test_every_source_missing_is_an_error(cfg):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        run(cfg.replace(source="/tmp/nope1.mp4,/tmp/nope2.mp4", wait_subscriber_s=0))
+
+
+def test_stop_ends_every_source_thread(cfg):
+    cfg = cfg.replace(source="demo,57", retry_max_s=0.2, fps=30)
+    frames, beats, alive = collect(cfg, lambda f, b: len(f) >= 10 and any(
+        h.sources.get("57", None) is not None and h.sources["57"].status == "reconnecting" for h in b))
+    assert not alive and len(frames) >= 10
+    assert {f.source_id for f in frames} == {"demo"}
+    assert any(h.status == "degraded" for h in beats)
+    assert threading.active_count() < 10  # no source thread left behind

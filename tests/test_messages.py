@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from shared.labels import EMOTIONS
-from shared.messages import (SCHEMA_VERSION, Annotated, FaceResult, Faces, Frame, Heartbeat, MessageError,
-                             Predictions, decode, encode, latencies, stamp)
+from shared.messages import (MAX_HEARTBEAT_SOURCES, SCHEMA_VERSION, Annotated, FaceResult, Faces, Frame, Heartbeat,
+                             MessageError, Predictions, SourceStatus, decode, encode, latencies, stamp)
 
 
 def make_frame(n_stamps: int = 1) -> Frame:
@@ -146,6 +146,34 @@ def test_heartbeat_counter_errors():
     hb = Heartbeat("detect", "h:1", 1.0, 1.0, {})
     with pytest.raises(MessageError, match="heartbeat.counters"):
         decode(rewrite(hb, counters={"x": 1.5}))
+
+
+def test_heartbeat_sources_round_trip_and_are_optional():
+    hb = Heartbeat("capture", "h:1", 1.0, 1.0, {"frames_out": 5},
+                   sources={"demo": SourceStatus("ok", "demo demo", {"frames_out": 5}),
+                            "clip.mp4": SourceStatus("missing", "video file clip.mp4 not found", {})})
+    assert decode(encode(hb)) == hb
+    plain = Heartbeat("detect", "h:1", 1.0, 1.0, {})
+    assert b"sources" not in encode(plain)  # a heartbeat without sources is the same bytes as before
+    assert decode(encode(plain)).sources == {}
+
+
+@pytest.mark.parametrize("sources, needle", [
+    ([1, 2], "heartbeat.sources: expected a map"),
+    ({f"s{i}": {"status": "ok", "detail": "", "counters": {}} for i in range(MAX_HEARTBEAT_SOURCES + 1)},
+     "heartbeat.sources: expected a map of at most"),
+    ({"x" * 129: {"status": "ok", "detail": "", "counters": {}}}, "source id 'xxx"),
+    ({"": {"status": "ok", "detail": "", "counters": {}}}, "source id ''"),
+    ({"cam": "ok"}, r"sources\['cam'\]: expected a map"),
+    ({"cam": {"status": "ok" * 20, "detail": "", "counters": {}}}, r"sources\[\].status"),
+    ({"cam": {"status": "ok", "detail": "d" * 201, "counters": {}}}, r"sources\[\].detail"),
+    ({"cam": {"status": "ok", "detail": ""}}, "missing field 'counters'"),
+    ({"cam": {"status": "ok", "detail": "", "counters": {f"c{i}": 1 for i in range(9)}}}, r"sources\[\].counters"),
+    ({"cam": {"status": "ok", "detail": "", "counters": {"frames_out": -1}}}, r"sources\[\].counters"),
+])
+def test_heartbeat_sources_are_validated(sources, needle):
+    with pytest.raises(MessageError, match=needle):
+        decode(rewrite(Heartbeat("capture", "h:1", 1.0, 1.0, {}), sources=sources))
 
 
 @pytest.mark.parametrize("kwargs, needle", [

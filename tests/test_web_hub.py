@@ -186,3 +186,94 @@ def test_health_adds_up_the_counters_of_every_worker(app, client, annotate):
     st = client.get("/api/health").get_json()["stages"]["classify"]
     assert st["counters"] == {"frames_out": 100, "faces": 6}
     assert st["per_instance"]["h:2"] == {"frames_out": 30, "faces": 2}
+
+
+# ------------------------------------------------------------------------------- several sources
+def tile_ids(html: str) -> list[str]:
+    """The sources of the grid's tiles (not the empty one in the <template> new tiles are made from)."""
+    import re
+    grid = html.split('id="grid"', 1)[1].split("<template", 1)[0]
+    return re.findall(r'<article class="panel tile" data-source="([^"]*)"', grid)
+
+
+def test_sources_are_listed_and_selected_one_by_one(app, client, annotate):
+    pub, _ = annotate
+    hub = app.extensions["ferlive.hub"]
+    publish_until(pub, lambda s: annotated("cam-a", s, 2), lambda: hub.latest("cam-a")[0] is not None)
+    for s in range(1, 8):  # a few frames each, so both have a rate
+        pub.send(encode(annotated("cam-a", 100 + s, 2)))
+        pub.send(encode(annotated("cam-b", 200 + s, 1)))
+        pub.send(encode(annotated("browser-x", s, 1)))  # a browser's camera: never listed, never shown
+        time.sleep(0.03)
+    assert wait_until(lambda: hub.latest("cam-b")[0] is not None and hub.latest("cam-b")[0].frame.seq == 207, 3)
+
+    d = client.get("/api/sources").get_json()
+    by_id = {s["id"]: s for s in d["sources"]}
+    assert list(by_id) == ["cam-a", "cam-b"] and d["main_source"] == "cam-b"
+    assert by_id["cam-a"]["faces"] == 2 and by_id["cam-b"]["faces"] == 1
+    for s in by_id.values():
+        assert s["status"] == "ok" and s["fps"] > 5 and 0 <= s["age_s"] < 2 and s["frames"] >= 7
+
+    a = client.get("/api/latest?source=cam-a").get_json()
+    assert a["source_id"] == "cam-a" and a["seq"] == 107 and len(a["faces"]) == 2
+    b = client.get("/api/latest?source=cam-b").get_json()
+    assert b["source_id"] == "cam-b" and b["seq"] == 207 and len(b["faces"]) == 1
+    assert client.get("/api/latest").get_json()["source_id"] == "cam-b"  # no argument: the main source, as before
+
+    r = client.get("/api/latest?source=cam-z")
+    assert r.status_code == 404 and "unknown source 'cam-z'" in r.get_json()["error"]
+    huge = "x" * 5000
+    for path in ("/api/latest?source=", "/video_feed?source="):
+        r = client.get(path + huge)
+        assert r.status_code == 400 and huge[:200] not in r.get_data(as_text=True)
+    r = client.get("/api/latest?source=" + "y" * 120)  # a valid length, unknown: named, cut short
+    assert r.status_code == 404 and "y" * 60 not in r.get_json()["error"]
+
+    # the page: a tile per source, streaming that source; ?source= shows one
+    html = client.get("/").get_data(as_text=True)
+    assert tile_ids(html) == ["cam-a", "cam-b"]
+    assert 'src="/video_feed?source=cam-a"' in html and 'src="/video_feed?source=cam-b"' in html
+    assert "browser-x" not in html
+    assert tile_ids(client.get("/?source=cam-b").get_data(as_text=True)) == ["cam-b"]
+    assert client.get("/?source=browser-x").status_code == 404
+    waiting = client.get("/?source=%3Cb%3Enew").get_data(as_text=True)  # not there yet: a waiting tile, escaped
+    assert tile_ids(waiting) == ["&lt;b&gt;new"] and "<b>new" not in waiting
+
+
+def test_capture_reports_each_source_health(app, client, annotate):
+    from shared.messages import SourceStatus
+    pub, hb = annotate
+    hub = app.extensions["ferlive.hub"]
+    publish_until(pub, lambda s: annotated("hall", s), lambda: hub.latest("hall")[0] is not None)
+    beat = Heartbeat("capture", "h:9", time.time(), 0.5, {"frames_out": 10}, "degraded", "1 of 3 sources not ok",
+                     sources={"hall": SourceStatus("ok", "demo demo", {"frames_out": 10}),
+                              "door": SourceStatus("missing", "video file door.mp4 not found", {}),
+                              "browser-1": SourceStatus("ok", "", {})})
+
+    def seen() -> bool:
+        hb.send(encode(beat))
+        return "door" in {s["id"] for s in client.get("/api/sources").get_json()["sources"]}
+    assert wait_until(seen, 5, interval=0.1)
+    by_id = {s["id"]: s for s in client.get("/api/sources").get_json()["sources"]}
+    assert set(by_id) == {"hall", "door"}  # a browser id from the bus is never listed
+    assert by_id["door"]["status"] == "missing" and "door.mp4 not found" in by_id["door"]["detail"]
+    assert by_id["door"]["age_s"] is None and by_id["door"]["frames"] == 0
+    assert by_id["hall"]["status"] == "ok" and by_id["hall"]["capture"] == {"frames_out": 10}
+    assert client.get("/api/latest?source=door").get_json()["seq"] is None  # known, no frame yet: 200
+    html = client.get("/").get_data(as_text=True)
+    assert tile_ids(html) == ["door", "hall"] and "video file door.mp4 not found" in html
+    # capture silent for 3 intervals: its sources are no longer reported
+    assert wait_until(lambda: "door" not in {s["id"] for s in client.get("/api/sources").get_json()["sources"]}, 4)
+
+
+def test_a_silent_source_stalls_then_expires(app, client, annotate, monkeypatch):
+    from services.web import hub as hub_module
+    monkeypatch.setattr(hub_module, "STALLED_AFTER_S", 0.3)
+    monkeypatch.setattr(hub_module, "SOURCE_TTL_S", 1.5)
+    pub, _ = annotate
+    hub = app.extensions["ferlive.hub"]
+    publish_until(pub, lambda s: annotated("cam-a", s), lambda: hub.latest("cam-a")[0] is not None)
+    assert wait_until(lambda: client.get("/api/sources").get_json()["sources"][0]["status"] == "stalled", 3)
+    assert wait_until(lambda: client.get("/api/sources").get_json()["sources"] == [], 5)
+    assert client.get("/api/latest?source=cam-a").status_code == 404
+    assert tile_ids(client.get("/").get_data(as_text=True)) == []

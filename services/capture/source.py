@@ -1,6 +1,7 @@
 """Frame sources: a camera index, a video file, a stream URL, or the built-in demo (no camera needed)."""
 from __future__ import annotations
 
+import csv
 import importlib.util
 import logging
 import math
@@ -27,6 +28,59 @@ def parse_source(spec: str) -> tuple[str, str | int]:
     if "://" in spec:
         return "stream", spec
     return "file", spec
+
+
+MAX_SOURCES = 16
+"""At most this many sources per capture process (each is a thread; each is reported in its heartbeat)."""
+
+
+def split_list(text: str) -> list[str]:
+    """'a, b,"c,d"' -> ['a', 'b', 'c,d']: comma-separated, CSV quoting for an item that holds a comma."""
+    text = str(text).strip()
+    if not text:
+        return []
+    row = next(csv.reader([text], skipinitialspace=True))
+    return [item.strip() for item in row]
+
+
+def parse_sources(source: str, source_id: str = "", max_id_chars: int = 128) -> list[tuple[str, str]]:
+    """``FERLIVE_SOURCE`` / ``FERLIVE_SOURCE_ID`` -> [(source spec, source id)], one per source.
+
+    ``source`` is one source or several separated by commas ('demo,clip.mp4,0'; quote one that holds a
+    comma: '"rtsp://cam/?a=1,2",demo'); ``source_id`` names them in the same order (default: each source
+    itself; a repeated name gets '#2', '#3', ...). Raises ConfigError naming what to fix."""
+    from shared.config import ConfigError
+    from shared.messages import BROWSER_PREFIX
+    specs = split_list(source)
+    if not specs or any(not s for s in specs):
+        raise ConfigError(f"--source / FERLIVE_SOURCE: {str(source)[:80]!r} names an empty source")
+    if len(specs) > MAX_SOURCES:
+        raise ConfigError(f"--source / FERLIVE_SOURCE: {len(specs)} sources, at most {MAX_SOURCES} per capture "
+                          "process (run another capture for more)")
+    ids = split_list(source_id) if source_id else []
+    if ids and len(ids) != len(specs):
+        raise ConfigError(f"--source-id / FERLIVE_SOURCE_ID names {len(ids)} sources but --source has "
+                          f"{len(specs)}: give one id per source, comma-separated, or none")
+    if not ids:
+        ids, seen = [], set()
+        for spec in specs:
+            name, n = spec, 1
+            while name in seen:
+                n += 1
+                name = f"{spec}#{n}"
+            seen.add(name)
+            ids.append(name)
+    elif len(set(ids)) != len(ids):
+        raise ConfigError(f"--source-id / FERLIVE_SOURCE_ID: {str(source_id)[:80]!r} repeats an id; each "
+                          "source needs its own")
+    for sid in ids:
+        if not sid or len(sid) > max_id_chars:
+            raise ConfigError(f"source id {sid[:40]!r}{'...' if len(sid) > 40 else ''} has {len(sid)} characters, "
+                              f"expected 1..{max_id_chars}: name it with --source-id / FERLIVE_SOURCE_ID")
+        if sid.startswith(BROWSER_PREFIX):
+            raise ConfigError(f"source id {sid[:40]!r}: ids starting with {BROWSER_PREFIX!r} are browsers' own "
+                              "cameras; choose another with --source-id")
+    return list(zip(specs, ids))
 
 
 def fit_frame(frame_bgr: np.ndarray, width: int, height: int) -> np.ndarray:

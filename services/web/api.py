@@ -1,4 +1,4 @@
-"""JSON API: /api/latest, /api/health, /api/model, POST /api/predict."""
+"""JSON API: /api/latest, /api/sources, /api/health, /api/model, POST /api/predict."""
 from __future__ import annotations
 
 import time
@@ -7,10 +7,10 @@ from typing import Any
 from flask import Blueprint, abort, current_app, jsonify, request
 
 from services.web.guards import Saturated
-from services.web.hub import result_json
+from services.web.hub import result_json, source_problem
 from shared.images import ImageError, decode_image
 from shared.labels import EMOTIONS
-from shared.messages import BROWSER_PREFIX
+from shared.messages import brief
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -24,17 +24,31 @@ def _bad_request(message: str, status: int = 400):
 
 @bp.get("/latest")
 def latest():
-    """The newest annotated frame's faces for the main source (or ?source=ID)."""
+    """The newest annotated frame's faces for the main source (or ?source=ID; an unknown ID is a 404)."""
     source = request.args.get("source") or None
-    if source and source.startswith(BROWSER_PREFIX):
-        abort(404, description="browser sources are answered on their own WebSocket only")
     hub = current_app.extensions["ferlive.hub"]
+    if source is not None:
+        problem = source_problem(source)
+        if problem is not None:
+            abort(problem[0], description=problem[1])
+        if hub is None or not hub.known(source):
+            abort(404, description=f"unknown source {brief(source, 40)}: GET /api/sources lists them")
     msg, t_recv = hub.latest(source) if hub is not None else (None, 0.0)
     if msg is None:
         return jsonify(source_id=source, seq=None, faces=[], age_ms=None, width=None, height=None)
     f = msg.frame
     return jsonify(source_id=f.source_id, seq=f.seq, t_capture=f.t_capture, width=f.width, height=f.height,
                    age_ms=round((time.time() - t_recv) * 1e3, 1), faces=result_json(msg))
+
+
+@bp.get("/sources")
+def sources():
+    """Every source shown on the page: id, status (ok/stalled/waiting/reconnecting/missing/eof), detail,
+    frames/s, age of its newest frame, faces in it; browsers' own cameras are never listed."""
+    hub = current_app.extensions["ferlive.hub"]
+    if hub is None:
+        return jsonify(sources=[], main_source=None)
+    return jsonify(sources=hub.sources(), main_source=hub.main_source())
 
 
 @bp.get("/health")

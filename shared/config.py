@@ -48,10 +48,6 @@ class Config:
     max_lag_ms: float = _f(250.0, "latency budget: classify drops (and counts, 'stale') frames captured longer "
                                   "ago than this instead of classifying them late")
     heartbeat_interval: float = _f(1.0, "seconds between heartbeats")
-    faces_hwm: int = _f(1, "high-water mark of the dispatcher/worker sockets (frames, faces): messages queued "
-                           "per worker (workers also hold at most one credit each)")
-    faces_sock_buf: int = _f(8192, "kernel buffers (bytes) of the detect->classify sockets: small, so no more "
-                                   "than about one frame waits per worker in the kernel either")
     max_msg_bytes: int = _f(4 * 1024 * 1024, "largest ZeroMQ message any stage accepts (ZMQ_MAXMSGSIZE); "
                                              "a peer sending more is disconnected")
     # --- untrusted input ----------------------------------------------------------------------
@@ -117,8 +113,6 @@ class Config:
             raise ConfigError("fps must be >= 0")
         if self.detect_affinity not in ("any", "pinned"):
             raise ConfigError(f"detect_affinity must be 'any' or 'pinned', not {self.detect_affinity!r}")
-        if self.faces_hwm < 1:
-            raise ConfigError("faces_hwm must be >= 1 (0 would mean an unbounded queue)")
         if self.max_msg_bytes < 65536:
             raise ConfigError(f"max_msg_bytes={self.max_msg_bytes}: at least 65536 (a frame must fit)")
         if self.min_image_side < 8 or self.max_image_pixels < max(self.width * self.height, self.min_image_side ** 2):

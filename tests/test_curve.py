@@ -1,4 +1,4 @@
-"""Optional ZeroMQ CURVE (FERLIVE_CURVE_DIR): the pipeline's sockets with keys talk; a peer without the
+"""Optional ZeroMQ CURVE (FERLIVE_CURVE_DIR): the pipeline's sockets with keys talk (the load-balancing links too); a peer without the
 client's secret key can neither subscribe to a binding PUB nor inject into a binding PULL."""
 from __future__ import annotations
 
@@ -65,3 +65,25 @@ def test_missing_keys_are_a_config_error(tmp_path):
             bus.annotated_pub(cfg, ctx)
     finally:
         ctx.destroy(linger=0)
+
+
+def test_workers_with_keys_get_work_and_strangers_get_none(curve):
+    """The load-balancing links (capture/detect -> workers) under CURVE: a keyed worker's credit reaches
+    the dispatcher and it is handed frames; a worker with another key pair is never heard (no credit)."""
+    cfg, ctx, tmp = curve
+    disp = bus.frames_dispatcher(cfg, ctx)
+    good = bus.frames_worker(cfg.replace(web_frames_endpoint=""), ctx)
+    keys.generate(tmp / "other")
+    stranger = bus.frames_worker(cfg.replace(web_frames_endpoint="", curve_dir=str(tmp / "other")), ctx)
+    try:
+        stranger.get(0.05)
+        assert good.get(0.05) is None
+        assert disp.wait_for_workers(5)
+        disp.offer("cam", b"frame")
+        assert good.get(3) == b"frame"
+        disp.offer("cam", b"frame 2")
+        assert stranger.get(1) is None and disp.workers() == 1
+        assert good.get(3) == b"frame 2"
+    finally:
+        for x in (disp, good, stranger):
+            x.close()

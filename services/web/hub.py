@@ -58,7 +58,7 @@ def source_problem(source: str) -> Optional[tuple[int, str]]:
 def web_frames_dispatcher(cfg: Config, ctx: zmq.Context) -> bus.Dispatcher:
     """The dispatcher (ROUTER, binds ``cfg.web_frames_endpoint``) of browser frames to detect workers."""
     return bus.Dispatcher(lambda: bus.make_socket(ctx, "ROUTER", "web_frames_dispatch", cfg.web_frames_endpoint,
-                                                  bind=True, hwm=cfg.faces_hwm, sock_buf=cfg.sock_buf,
+                                                  bind=True, hwm=bus.CREDIT_HWM, sock_buf=cfg.sock_buf,
                                                   max_msg=bus.CONTROL_MAX_MSG, curve_dir=cfg.curve_dir),
                           name="web-frames")
 

@@ -96,7 +96,7 @@ def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds:
     """Start the four stages (+ workers) on ``video`` (``sources`` copies of it, each its own source, in one
     capture), subscribe like the web, measure for ``seconds``."""
     d = tempfile.mkdtemp(prefix="flbench", dir="/tmp")
-    names = ("frames", "web_frames", "faces", "predictions", "annotated", "heartbeat")
+    names = ("frames", "web_frames", "detections", "faces", "predictions", "annotated", "heartbeat")
     cfg = Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, model_dir=model_dir, fps=fps,
                  source=",".join([str(video)] * sources), loop=True, heartbeat_interval=0.5)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,10 +1,16 @@
 """ZeroMQ sockets of the pipeline, each named by its pattern and role (zguide style).
 
-    capture ──ROUTER frames──▶ detect ×M ──ROUTER faces──▶ classify ×N ──PUSH predictions──▶ annotate ──PUB──▶ web
-      (Dispatcher, bind)  (DEALER connect) (Dispatcher, bind) (DEALER connect)  (connect)   (PULL bind)  (bind) (SUB)
+    capture ──ROUTER frames──▶ detect ×M ──PUSH detections──▶ annotate ──ROUTER faces──▶ classify ×N
+    (Dispatcher, bind)    (DEALER connect)    (connect)      (PULL bind) (Dispatcher, bind) (DEALER connect)
+    classify ×N ──PUSH predictions (connect)──▶ annotate (PULL bind) ──PUB annotated (bind)──▶ web (SUB)
 
     web (browser webcams) ──ROUTER web frames (Dispatcher, bind)──▶ detect (a second DEALER per worker)
     every stage ──PUB heartbeat (connect)──▶ heartbeat_endpoint ◀── web: SUB (bind)
+
+  Annotate is the one process between the two pools (the zguide's load-balancing broker): detect workers
+  come and go, each connecting; annotate numbers each frame as a classify worker takes it (one order, so
+  results are put back in order whichever detect worker found the faces) and keeps each source in capture
+  order.
 
 * Live work goes to pools by the zguide's load-balancing pattern with credits: each worker (detect,
   classify) holds one credit per upstream, sending ``READY`` when it is free (``WorkerLink``), and the
@@ -165,12 +171,25 @@ def frames_worker(cfg: Config, ctx: zmq.Context, endpoints: "Optional[list[str]]
 
 def faces_dispatcher(cfg: Config, ctx: zmq.Context, prepare: "Callable[[object], Optional[bytes]]",
                      counters: Optional[Counter] = None) -> "Dispatcher":
-    """Detect's faces: a ``Dispatcher`` (ROUTER, binds ``faces_endpoint``); ``prepare`` numbers and encodes
+    """Annotate's faces: a ``Dispatcher`` (ROUTER, binds ``faces_endpoint``); ``prepare`` numbers and encodes
     a result at the moment a classify worker takes it."""
     return Dispatcher(lambda: make_socket(ctx, "ROUTER", "faces_dispatch", cfg.faces_endpoint, bind=True,
                                           hwm=CREDIT_HWM, sock_buf=cfg.sock_buf,
                                           max_msg=CONTROL_MAX_MSG, curve_dir=cfg.curve_dir),
                       prepare=prepare, counters=counters, name="faces")
+
+
+def detections_push(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    """Detect's results to annotate (which hands them to the classify workers): a small queue, dropped when
+    annotate is away."""
+    return make_socket(ctx, "PUSH", "detections_push", cfg.detections_endpoint, bind=False,
+                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
+
+
+def detections_pull(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
+    return make_socket(ctx, "PULL", "detections_pull", cfg.detections_endpoint, bind=True,
+                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes,
+                       curve_dir=cfg.curve_dir)
 
 
 def faces_worker(cfg: Config, ctx: zmq.Context) -> "WorkerLink":

@@ -32,13 +32,17 @@ class Config:
     """Endpoints, queue sizes, rates and per-stage settings for every ferlive service."""
 
     # --- endpoints (who binds is fixed: see shared/bus.py) -------------------------------------
-    frames_endpoint: str = _f("tcp://127.0.0.1:5551", "capture PUB binds, detect SUB connects: frame messages")
-    faces_endpoint: str = _f("tcp://127.0.0.1:5552", "detect PUSH binds, classify PULL connects: faces")
+    frames_endpoint: str = _f("tcp://127.0.0.1:5551", "capture's frames dispatcher (ROUTER) binds, detect workers "
+                                                      "connect and ask for frames")
+    detections_endpoint: str = _f("tcp://127.0.0.1:5557", "annotate PULL binds, detect workers PUSH connect: "
+                                                          "faces found, for annotate to hand to classify")
+    faces_endpoint: str = _f("tcp://127.0.0.1:5552", "annotate's faces dispatcher (ROUTER) binds, classify workers "
+                                                     "connect and ask for faces")
     predictions_endpoint: str = _f("tcp://127.0.0.1:5553",
                                    "annotate PULL binds, classify PUSH connects: predictions")
     annotated_endpoint: str = _f("tcp://127.0.0.1:5554", "annotate PUB binds, web SUB connects: annotated")
-    web_frames_endpoint: str = _f("tcp://127.0.0.1:5556",
-                                  "web PUB binds, detect SUB connects too: frames from browsers ('' = off)")
+    web_frames_endpoint: str = _f("tcp://127.0.0.1:5556", "the web's browser-frames dispatcher (ROUTER) binds, "
+                                                          "detect workers connect too ('' = off)")
     heartbeat_endpoint: str = _f("tcp://127.0.0.1:5555",
                                  "web SUB binds, every stage's PUB connects: heartbeat messages")
     # --- queues -------------------------------------------------------------------------------

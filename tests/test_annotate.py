@@ -11,7 +11,7 @@ from shared.config import Config
 from shared.labels import EMOTIONS
 from shared.messages import Annotated, FaceResult, Faces, Frame, Predictions, decode, encode
 from shared.draw import annotate
-from services.annotate.sink import Reorderer, RunsReorderer, SourceOrder, face_results
+from services.annotate.sink import Reorderer, RunsReorderer, face_results
 from shared.tracking import Tracker, iou_matrix
 from services.annotate.stage import AnnotateStage
 
@@ -98,14 +98,42 @@ def test_silent_runs_are_forgotten_and_runs_are_bounded():
     assert r.runs == {}                                    # all silent for longer than run_ttl_s
 
 
-def test_a_source_never_steps_back_across_detect_workers():
-    order, a, b, c = SourceOrder(), preds(0, run=1), preds(0, run=2), preds(1, run=1)
-    a.frame.t_capture, b.frame.t_capture, c.frame.t_capture = 2.0, 1.0, 3.0
-    assert order.admit(a) and not order.admit(b) and order.admit(c)  # b was captured before a
-    assert order.counters["out_of_order"] == 1
-    d = preds(0, run=3)
-    d.frame.source_id, d.frame.t_capture = "other", 0.5
-    assert order.admit(d)                                  # per source
+def test_the_broker_numbers_what_a_worker_takes_and_keeps_sources_in_capture_order():
+    """Annotate's faces broker: results of two detect workers in, one numbering out (only what a classify
+    worker took is numbered), a result captured before one already handed on is dropped, a stale one too."""
+    import time
+
+    import zmq
+
+    from services.annotate.broker import FacesBroker
+    from services.web.testing import pipeline_config
+    from shared import bus
+    from shared.guard import Guard
+
+    cfg, ctx, counters = pipeline_config(max_lag_ms=1000.0), zmq.Context(), Counter()
+    broker = FacesBroker(cfg, ctx, counters, Guard(counters))
+    worker = bus.faces_worker(cfg, ctx)
+    try:
+        def found(source: str, t: float, run: int) -> bytes:
+            p = preds(0, run=run, jpeg=b"\xff\xd8 a jpeg")
+            p.faces.frame.source_id, p.faces.frame.t_capture = source, t
+            return encode(p.faces)
+        now = time.time()
+        broker.offer(found("a", now, run=1))
+        broker.offer(found("a", now - 0.05, run=2))    # worker 2 finished an older frame of a later
+        broker.offer(found("b", now - 5, run=2))       # over the budget once a worker asks
+        broker.offer(b"\x93junk")
+        got = [decode(worker.get(2.0), expect="faces")]
+        assert worker.get(0.3) is None                 # b was too old: dropped, not numbered
+        assert [(f.frame.source_id, f.job, f.run) for f in got] == [("a", 0, broker.run)]
+        assert (counters["out_of_order"], counters["stale"], counters["bad_messages"]) == (1, 1, 1)
+        broker.offer(found("b", time.time(), run=2))
+        nxt = decode(worker.get(2.0), expect="faces")
+        assert (nxt.frame.source_id, nxt.job) == ("b", 1)  # numbered on the way out: no gap for the stale one
+    finally:
+        broker.close()
+        worker.close()
+        ctx.destroy(linger=0)
 
 
 # --- tracking + EMA ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from shared.messages import Heartbeat, decode
 @pytest.fixture
 def cfg():
     d = tempfile.mkdtemp(prefix="flbus", dir="/tmp")
-    names = ("frames", "faces", "predictions", "annotated", "heartbeat")
+    names = ("frames", "detections", "faces", "predictions", "annotated", "heartbeat")
     return Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, heartbeat_interval=0.05,
                   web_frames_endpoint="")
 

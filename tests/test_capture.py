@@ -21,7 +21,7 @@ from services.capture.stage import Backoff, frame_message, run
 @pytest.fixture
 def cfg():
     d = tempfile.mkdtemp(prefix="flcap", dir="/tmp")
-    names = ("frames", "web_frames", "faces", "predictions", "annotated", "heartbeat")
+    names = ("frames", "web_frames", "detections", "faces", "predictions", "annotated", "heartbeat")
     return Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, heartbeat_interval=0.1,
                   width=160, height=120, fps=0, wait_subscriber_s=5.0)
 

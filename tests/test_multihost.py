@@ -1,9 +1,10 @@
 """Beyond one machine: the pipeline's stages on three test hosts (network namespaces on one private LAN)
 with CURVE on, and a fourth host without the keys.
 
-    cam  10.213.0.11   capture + detect           (binds frames, faces)
+    cam  10.213.0.11   capture + detect           (binds frames; detect connects to detections)
     cls  10.213.0.12   classify x2                (connects to faces and predictions)
-    web  10.213.0.13   annotate + web + observer  (binds predictions, annotated, heartbeat, web frames)
+    web  10.213.0.13   annotate + web + observer  (binds detections, faces, predictions, annotated, heartbeat,
+                                                web frames)
     bad  10.213.0.66   the intruder: no keys, or a key pair the deployment does not list
 
 Every stage is its real entry point (``python -m services.<stage>``) under ``ip netns exec``, configured by
@@ -45,7 +46,8 @@ STAGES = ("capture", "detect", "classify", "annotate")
 
 def endpoints() -> dict[str, str]:
     cam, web = HOSTS["cam"], HOSTS["web"]
-    return {"FRAMES": f"tcp://{cam}:5551", "FACES": f"tcp://{cam}:5552", "PREDICTIONS": f"tcp://{web}:5553",
+    return {"FRAMES": f"tcp://{cam}:5551", "DETECTIONS": f"tcp://{web}:5557", "FACES": f"tcp://{web}:5552",
+            "PREDICTIONS": f"tcp://{web}:5553",
             "ANNOTATED": f"tcp://{web}:5554", "HEARTBEAT": f"tcp://{web}:5555", "WEB_FRAMES": f"tcp://{web}:5556"}
 
 

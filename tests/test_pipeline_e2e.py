@@ -66,7 +66,7 @@ class Pipeline:
 
     def __init__(self, model_dir: Path, **cfg) -> None:
         d = tempfile.mkdtemp(prefix="fle2e", dir="/tmp")
-        names = ("frames", "web_frames", "faces", "predictions", "annotated", "heartbeat")
+        names = ("frames", "web_frames", "detections", "faces", "predictions", "annotated", "heartbeat")
         self.cfg = Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, heartbeat_interval=0.2,
                           ema_alpha=1.0, model_dir=str(model_dir), **{"draw": False, **cfg})
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}

@@ -96,12 +96,12 @@ class Reorderer:
 
 
 class RunsReorderer:
-    """One ``Reorderer`` per detect run, for several detect workers at once (each numbers its own jobs).
+    """One ``Reorderer`` per run (the numbering of one annotate process: after a restart, results of the old
+    run may still come back from the workers, and a run id off the bus is untrusted).
 
     A run silent for ``run_ttl_s`` has its leftovers released and is forgotten, and at most ``max_runs``
     are kept (the one silent longest goes first), so run ids off the bus cost bounded memory and a stray
-    one never holds up the others. Frames of one source may now come through different runs: the
-    caller keeps each source's frames in capture order (``SourceOrder``)."""
+    one never holds up the others."""
 
     def __init__(self, window: int = 8, timeout_s: float = 0.1, counters: Optional[Counter] = None,
                  max_runs: int = 16, run_ttl_s: float = 5.0) -> None:
@@ -138,29 +138,6 @@ class RunsReorderer:
         for order in self.runs.values():
             out += order.poll(now)
         return out
-
-
-class SourceOrder:
-    """Keeps each source's frames in capture order across detect workers: a frame captured before one
-    already released for its source is dropped (counted ``out_of_order``), so the tracker never steps
-    back. Bounded like the trackers (``max_sources``, oldest forgotten)."""
-
-    def __init__(self, counters: Optional[Counter] = None, max_sources: int = 64) -> None:
-        self.counters = counters if counters is not None else Counter()
-        self.max_sources = max_sources
-        self.last: dict[str, float] = {}
-
-    def admit(self, preds: Predictions) -> bool:
-        frame = preds.frame
-        last = self.last.get(frame.source_id)
-        if last is not None and frame.t_capture < last:
-            self.counters["out_of_order"] += 1
-            return False
-        self.last.pop(frame.source_id, None)
-        self.last[frame.source_id] = frame.t_capture  # insertion order = least recently seen first
-        if len(self.last) > self.max_sources:
-            del self.last[next(iter(self.last))]
-        return True
 
 
 def face_results(preds: Predictions, tracker: Tracker) -> list[FaceResult]:

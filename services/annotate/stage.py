@@ -1,4 +1,5 @@
-"""Annotate's loop: PULL predictions from the workers, reorder, track, draw, PUB annotated frames."""
+"""Annotate's loop: hand detect's results to the classify workers (``broker.FacesBroker``), PULL their
+predictions, reorder, track, draw, PUB annotated frames."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,8 @@ from shared.guard import Guard
 from shared.images import ImageError, ImageLimits, decode_image
 from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, Skip, decode, encode
 from shared.tracking import Tracker
-from services.annotate.sink import RunsReorderer, SourceOrder, face_results
+from services.annotate.broker import FacesBroker
+from services.annotate.sink import RunsReorderer, face_results
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +30,13 @@ MAX_SOURCES = 64
 
 
 class AnnotateStage:
-    """Predictions in (any order, from any number of detect workers) -> Annotated out (frame order per
-    detect run, capture order per source), one tracker per source."""
+    """Predictions in (any order) -> Annotated out (frame order), one tracker per source."""
 
     def __init__(self, cfg: Config, counters: Optional[Counter] = None, guard: Optional[Guard] = None) -> None:
         self.cfg = cfg
         self.counters = counters if counters is not None else Counter()
         self.guard = guard or Guard(self.counters, log, cfg.log_every_s)
         self.reorder = RunsReorderer(cfg.reorder_window, cfg.reorder_timeout_ms / 1e3, self.counters)
-        self.order = SourceOrder(self.counters, MAX_SOURCES)
         self.trackers: dict[str, Tracker] = {}
         self.limits = ImageLimits(max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side,
                                   max_side=max(cfg.min_image_side, 16))
@@ -62,8 +62,6 @@ class AnnotateStage:
         """Render each released result; one that fails is counted and logged, the others still go."""
         out = []
         for t, p in ready:
-            if not self.order.admit(p):
-                continue
             with self.guard.handling("a result"):
                 out.append(self.render(p, t))
         return out
@@ -105,20 +103,32 @@ class AnnotateStage:
 
 
 def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Detect workers' results in -> the faces broker -> classify workers; their predictions in ->
+    reorder, track, draw -> PUB annotated frames; until Shutdown."""
     ctx = ctx or zmq.Context.instance()
     sink, pub = bus.predictions_sink(cfg, ctx), bus.annotated_pub(cfg, ctx)
+    detections = bus.detections_pull(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "annotate", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)
     guard = Guard(hb.counters, log, cfg.log_every_s)
     stage = AnnotateStage(cfg, hb.counters, guard)
+    broker = FacesBroker(cfg, ctx, hb.counters, guard)
+    poller = zmq.Poller()
+    poller.register(sink, zmq.POLLIN)
+    poller.register(detections, zmq.POLLIN)
     poll_ms = max(1, int(cfg.reorder_timeout_ms / 4))
     try:
         while not should_stop():
             hb.tick()
-            data = bus.recv_nowait(sink, poll_ms)
+            ready = dict(poller.poll(poll_ms))
             now = time.time()
+            if detections in ready:
+                with guard.handling("a detections message"):
+                    for data in bus.recv_all(detections, 0):
+                        broker.offer(data)
             out: list[Annotated] = []
             with guard.handling("a predictions message"):
+                data = bus.recv_nowait(sink, 0) if sink in ready else None
                 if data is not None:
                     hb.counters["frames_in"] += 1
                     hb.note_input()
@@ -132,5 +142,6 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
                         hb.counters["dropped"] += 1
     finally:
         hb.tick(force=True)
-        for s in (sink, pub, hb.sock):
+        broker.close()
+        for s in (sink, detections, pub, hb.sock):
             s.close(0)

@@ -7,7 +7,6 @@ CLI use too): anything with ``detect(frame_bgr, source_id) -> Detections`` (``bo
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from typing import Callable, Optional, Protocol
@@ -48,8 +47,8 @@ def image_limits(cfg: Config) -> ImageLimits:
 
 
 class DetectStage:
-    """Turns frame bytes into Faces; counts bad input instead of failing. ``job`` numbers the Faces
-    messages actually sent (``commit()`` after a send), ``run`` identifies this process's numbering."""
+    """Turns frame bytes into Faces; counts bad input instead of failing. (``job`` and ``run`` are numbered
+    again by annotate as a classify worker takes the faces.)"""
 
     def __init__(self, detector: Detector, counters: Optional[Counter] = None,
                  limits: ImageLimits = ImageLimits(), guard: Optional[Guard] = None) -> None:
@@ -57,11 +56,9 @@ class DetectStage:
         self.counters = counters if counters is not None else Counter()
         self.limits = limits
         self.guard = guard or Guard(self.counters, log)
-        self.run = (os.getpid() << 20 | int(time.time() * 1000) & 0xFFFFF) & 0x7FFFFFFFFFFFFFFF
-        self.job = 0
 
     def handle(self, data: bytes) -> Optional[Faces]:
-        """Frame bytes -> Faces (job = the next job number), or None (logged + counted) for bad input."""
+        """Frame bytes -> Faces, or None (logged + counted) for bad input."""
         try:
             frame = decode(data, expect="frame")
             frame_bgr = decode_frame(frame, self.limits)
@@ -72,41 +69,23 @@ class DetectStage:
             self.guard.bad("bad_frames", exc)
             return None
         det = self.detector.detect(frame_bgr, source_id=frame.source_id)  # per-source state, if any
-        faces = Faces(frame=frame, boxes_xywh=det.boxes_xywh, crops=det.crops, job=self.job, run=self.run,
+        faces = Faces(frame=frame, boxes_xywh=det.boxes_xywh, crops=det.crops, job=0, run=0,
                       landmarks=getattr(det, "landmarks", None))
         self.counters["faces"] += len(faces)
         return faces
-
-    def commit(self) -> None:
-        self.job += 1
-
-    def release(self, faces: Faces, max_lag_s: float = 0.0, now: Optional[float] = None) -> Optional[bytes]:
-        """The bytes of a result as a classify worker takes it: numbered with the next job (only what is
-        really sent is numbered, so annotate never waits for a frame that was superseded), or None
-        (counted ``stale``) when it was captured longer ago than the latency budget."""
-        now = time.time() if now is None else now
-        if max_lag_s > 0 and now - faces.frame.t_capture > max_lag_s:
-            self.counters["stale"] += 1
-            return None
-        faces.job = self.job
-        self.commit()
-        return encode(faces)
 
 
 def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
         should_stop: Callable[[], bool] = lambda: False) -> None:
     """Frames from capture's and the web's dispatchers (one credit at each: this worker is handed the newest
-    frame of a source when it is free) -> detect -> the faces dispatcher, which hands each source's newest
-    result to whichever classify worker is free; until Shutdown."""
+    frame of a source when it is free) -> detect -> PUSH the faces to annotate, which hands each source's
+    newest to whichever classify worker is free; until Shutdown."""
     ctx = ctx or zmq.Context.instance()
-    link = bus.frames_worker(cfg, ctx)
+    link, push = bus.frames_worker(cfg, ctx), bus.detections_push(cfg, ctx)
     hb = bus.Heartbeater(bus.heartbeat_pub(cfg, ctx), "detect", cfg.heartbeat_interval,
                            idle_after=3 * cfg.heartbeat_interval)
     guard = Guard(hb.counters, log, cfg.log_every_s)
     stage = DetectStage(detector, hb.counters, image_limits(cfg), guard)
-    hb.counters["stale"] += 0
-    out = bus.faces_dispatcher(cfg, ctx, lambda faces: stage.release(faces, cfg.max_lag_ms / 1e3),
-                               counters=hb.counters)
     try:
         while not should_stop():
             hb.tick()
@@ -122,10 +101,12 @@ def run(cfg: Config, detector: Detector, ctx: Optional[zmq.Context] = None,
                 if faces is None:
                     continue
                 faces.frame.stamps.append(("detect", t_recv, time.time()))
-                out.offer(faces.frame.source_id, faces)  # waits for a free worker; a newer result replaces it
-                hb.counters["frames_out"] += 1
+                if bus.send_within(push, encode(faces), 50):
+                    hb.counters["frames_out"] += 1
+                else:
+                    hb.counters["dropped_no_sink"] += 1  # annotate is away
     finally:
         hb.tick(force=True)
-        out.close()
         link.close()
-        hb.sock.close(0)
+        for s in (push, hb.sock):
+            s.close(0)

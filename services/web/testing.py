@@ -33,7 +33,7 @@ def free_port() -> int:
 def pipeline_config(**overrides: Any) -> Config:
     """Every endpoint on its own free port on 127.0.0.1 (plus the web's browser-frame endpoint)."""
     eps = {name: f"tcp://127.0.0.1:{free_port()}" for name in
-           ("frames_endpoint", "faces_endpoint", "predictions_endpoint", "annotated_endpoint",
+           ("frames_endpoint", "detections_endpoint", "faces_endpoint", "predictions_endpoint", "annotated_endpoint",
             "heartbeat_endpoint", "web_frames_endpoint")}
     return Config(**{**eps, "heartbeat_interval": 0.5, **overrides})
 

@@ -92,13 +92,13 @@ def pct(xs, qs=(50, 95, 99)) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------- multi-process
 def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds: float, warmup: float = 2.0,
                  classify_ms_per_face: float = 0.0, extra_env: dict | None = None, detect_workers: int = 1,
-                 detect_ms_per_frame: float = 0.0, sources: int = 1) -> dict:
-    """Start the four stages (+ workers) on ``video`` (``sources`` copies of it, each its own source, in one
-    capture), subscribe like the web, measure for ``seconds``."""
+                 detect_ms_per_frame: float = 0.0, sources: int = 1, source: str = "") -> dict:
+    """Start the four stages (+ workers) on ``video`` (or ``source``, e.g. "demo"; ``sources`` copies of it,
+    each its own source, in one capture), subscribe like the web, measure for ``seconds``."""
     d = tempfile.mkdtemp(prefix="flbench", dir="/tmp")
     names = ("frames", "web_frames", "detections", "faces", "predictions", "annotated", "heartbeat")
     cfg = Config(**{f"{n}_endpoint": f"ipc://{d}/{n}" for n in names}, model_dir=model_dir, fps=fps,
-                 source=",".join([str(video)] * sources), loop=True, heartbeat_interval=0.5)
+                 source=",".join([source or str(video)] * sources), loop=True, heartbeat_interval=0.5)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.update({"FERLIVE_" + k.upper(): str(v) for k, v in vars(cfg).items()})
     env.update(extra_env or {})
@@ -158,7 +158,8 @@ def run_pipeline(video: Path, model_dir: str, workers: int, fps: float, seconds:
     out = {"frames": len(rows), "fps": round(len(rows) / seconds, 1),
            "latency_ms": {k: pct([r[k] for r in rows if k in r]) for k in keys}}
     dropped = {f"{st}.{k}": v for (st, _), c in beats.items() for k, v in c.items()
-               if k in ("dropped", "dropped_busy", "skipped_slow", "stale", "skipped", "late", "skipped_by_worker")}
+               if k in ("dropped", "superseded", "dropped_old", "out_of_order", "stale", "skipped", "late",
+                        "skipped_by_worker")}
     out["drops"] = dropped
     out["detect_workers"], out["sources"] = detect_workers, sources
     # Each source's video shows the same faces throughout: a track id that changes is a tracking error.
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="make classify the slow stage: the worker sleeps this long per face after the model")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="setting for every stage")
     ap.add_argument("--no-single", action="store_true", help="skip the single-process steps")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of each step not measured (start-up)")
     args = ap.parse_args(argv)
     extra_env = dict(e.split("=", 1) for e in args.env)
     results: dict = {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "machine": machine_info(),
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"p95 {step['to_web_p95_first_last_quarter_ms']}  drops {step['drops']}"
                  if "to_web_p50_first_last_quarter_ms" in step else ""), flush=True)
 
-    kw = dict(classify_ms_per_face=args.classify_ms_per_face, extra_env=extra_env)
+    kw = dict(classify_ms_per_face=args.classify_ms_per_face, extra_env=extra_env, warmup=args.warmup)
     for scene in args.scenes:
         for n in args.faces:
             frames = make_frames(n, scene)

@@ -11,9 +11,9 @@ Classify is made the slow stage with ``benchmarks/slow_stage.py`` (the real mode
 detect likewise (a wait per frame after the real detector): by default the wait is a sleep, a model on its
 own accelerator, so a 2-core machine can show how the pool scales; ``--spin`` makes it a busy loop, which
 shows what 2 cores allow a CPU-bound stage. Every step prints frames/s, the speed-up over 1 worker, the
-share of each worker, p50 capture->web and, for the detect part, each source's frames/s and how many track
-ids each source's (constant) faces got: more than the faces in the video means tracking broke when frames
-of one source went to different workers. ``--affinity`` compares "any" (the newest frame of a source goes to
+share of each worker, p50 capture->web and, for the detect part (4 "demo" sources: a real photo of one
+person, moving smoothly), each source's frames/s and how many track ids its one face got: more than one
+means tracking broke when frames of one source went to different workers. ``--affinity`` compares "any" (the newest frame of a source goes to
 whichever detect worker is free) with "pinned" (a source stays on one worker).
 """
 from __future__ import annotations
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="flscale"))
     video = write_video(make_frames(1, "people"), tmp / "people1.avi")
 
-    def step(part: str, workers: int, base: dict, **kw) -> dict:
+    def step(part: str, pool: int, base: dict, **kw) -> dict:
         r = run_pipeline(video, args.model_dir, fps=0.0, seconds=args.seconds, **kw)
-        r.update(part=part, pool_workers=workers, **{k: v for k, v in base.items() if k != "fps"})
+        r.update(part=part, pool_workers=pool, **base)
         results["steps"].append(r)
         return r
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             one = 0.0
             for w in args.workers:
                 r = step("detect", w, {"affinity": affinity}, workers=2, detect_workers=w, sources=args.sources,
+                         source="demo",
                          detect_ms_per_frame=args.detect_ms_per_frame,
                          extra_env={"FERLIVE_DETECT_AFFINITY": affinity})
                 r["affinity"] = affinity

@@ -407,15 +407,21 @@ class Dispatcher:
     def _choose(self, key: object, now: float) -> Optional[bytes]:
         """The worker for ``key``'s item (with ``_lock`` held), or None to keep it waiting."""
         if self.affinity == "pinned":
+            live = [w for w, t in self._seen.items() if now - t <= self.credit_ttl_s]
+            load = Counter(w for w in self._pins.values() if w in live)
             pin = self._pins.get(key)
-            if pin is not None and now - self._seen.get(pin, 0.0) <= self.credit_ttl_s:
+            if pin in live:
+                light = min(live, key=lambda w: load[w])
+                if load[light] < load[pin] - 1 and light in self._ready:  # a newer worker takes a share
+                    self._pins[key] = light
+                    return light
                 return pin if pin in self._ready else None
-            load = Counter(self._pins.values())
-            live = [w for w in self._ready]
-            if not live:
+            if not self._ready:
                 return None
-            pin = min(live, key=lambda w: load[w])  # the free worker holding the fewest keys
+            pin = min(self._ready, key=lambda w: load[w])  # new or orphaned: the free worker with fewest keys
             self._pins[key] = pin
+            if len(self._pins) > 4 * self.max_keys:  # keys come off the wire: keep the pins of waiting ones
+                self._pins = {k: w for k, w in self._pins.items() if k in self._slots or k == key}
             return pin
         return next(iter(self._ready), None)  # least recently used
 

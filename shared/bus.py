@@ -179,17 +179,25 @@ def faces_dispatcher(cfg: Config, ctx: zmq.Context, prepare: "Callable[[object],
                       prepare=prepare, counters=counters, name="faces")
 
 
+def _results_push(cfg: Config, ctx: zmq.Context, role: str, endpoint: str) -> zmq.Socket:
+    """A stage's results to the single process that binds ``endpoint``: a small queue, dropped when that
+    process is away (IMMEDIATE)."""
+    return make_socket(ctx, "PUSH", role, endpoint, bind=False, hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf,
+                       curve_dir=cfg.curve_dir)
+
+
+def _results_pull(cfg: Config, ctx: zmq.Context, role: str, endpoint: str) -> zmq.Socket:
+    return make_socket(ctx, "PULL", role, endpoint, bind=True, hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf,
+                       max_msg=cfg.max_msg_bytes, curve_dir=cfg.curve_dir)
+
+
 def detections_push(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    """Detect's results to annotate (which hands them to the classify workers): a small queue, dropped when
-    annotate is away."""
-    return make_socket(ctx, "PUSH", "detections_push", cfg.detections_endpoint, bind=False,
-                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
+    """Detect's results to annotate, which hands them to the classify workers."""
+    return _results_push(cfg, ctx, "detections_push", cfg.detections_endpoint)
 
 
 def detections_pull(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PULL", "detections_pull", cfg.detections_endpoint, bind=True,
-                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes,
-                       curve_dir=cfg.curve_dir)
+    return _results_pull(cfg, ctx, "detections_pull", cfg.detections_endpoint)
 
 
 def faces_worker(cfg: Config, ctx: zmq.Context) -> "WorkerLink":
@@ -200,14 +208,11 @@ def faces_worker(cfg: Config, ctx: zmq.Context) -> "WorkerLink":
 
 
 def predictions_push(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PUSH", "predictions_push", cfg.predictions_endpoint, bind=False,
-                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, curve_dir=cfg.curve_dir)
+    return _results_push(cfg, ctx, "predictions_push", cfg.predictions_endpoint)
 
 
 def predictions_sink(cfg: Config, ctx: zmq.Context) -> zmq.Socket:
-    return make_socket(ctx, "PULL", "predictions_sink", cfg.predictions_endpoint, bind=True,
-                       hwm=cfg.push_hwm * 4, sock_buf=cfg.sock_buf, max_msg=cfg.max_msg_bytes,
-                       curve_dir=cfg.curve_dir)
+    return _results_pull(cfg, ctx, "predictions_sink", cfg.predictions_endpoint)
 
 
 def annotated_pub(cfg: Config, ctx: zmq.Context) -> zmq.Socket:

@@ -158,14 +158,17 @@ def pipeline(tiny_model_dir, detector_cls):
         assert all(t < 5 for t in took.values()), f"a stage ignored SIGTERM: {took}"
 
 
-def run_video(pipe: Pipeline, video: Path, n_frames: int, workers: int) -> None:
+def run_video(pipe: Pipeline, video: Path, n_frames: int, workers: int, detect_workers: int = 1) -> None:
     pipe.start("annotate")
     for k in range(workers):
         pipe.start(f"classify{k}", stage="classify")
-    pipe.start("detect")
-    pipe.wait_for(pipe.stages_up("annotate", "classify", "detect", count={"classify": workers}), 60,
+    for k in range(detect_workers):
+        pipe.start("detect" if k == 0 else f"detect{k}", stage="detect")
+    pipe.wait_for(pipe.stages_up("annotate", "classify", "detect", count={"classify": workers,
+                                                                         "detect": detect_workers}), 60,
                   "stages to start")
-    pipe.start("capture", "--source", str(video), "--fps", str(FPS), "--wait-subscriber-s", "5")
+    pipe.start("capture", "--source", str(video), "--fps", str(FPS), "--wait-subscriber-s", "5",
+               "--wait-subscribers", str(detect_workers))
     pipe.wait_for(lambda: pipe.procs["capture"].poll() is not None, 30, "capture to reach the end")
     assert pipe.procs["capture"].returncode == 0
     pipe.wait_for(lambda: len(pipe.out) >= n_frames, 10, f"{n_frames} annotated frames")
@@ -207,6 +210,16 @@ def test_two_workers_lose_and_repeat_nothing(pipeline, video, detector_cls, tiny
     check_results(pipe, video[1], detector_cls, tiny_model_dir)
     per_worker = [hb.counters.get("frames_out", 0) for (st, _), hb in pipe.beats.items() if st == "classify"]
     assert len(per_worker) == 2 and sum(per_worker) == video[1]
+
+
+def test_two_detect_workers_share_the_frames_once_each_in_order(pipeline, video, detector_cls, tiny_model_dir):
+    """Detect scales like classify: two detect workers ask capture for frames; every frame is detected once
+    (by whichever was free), classified once and shown in order."""
+    pipe = pipeline()
+    run_video(pipe, *video, workers=2, detect_workers=2)
+    check_results(pipe, video[1], detector_cls, tiny_model_dir)
+    per_detect = [hb.counters.get("frames_out", 0) for (st, _), hb in pipe.beats.items() if st == "detect"]
+    assert len(per_detect) == 2 and sum(per_detect) == video[1] and min(per_detect) > 0, per_detect
 
 
 @pytest.mark.parametrize("stage", ["detect", "annotate", "classify"])

@@ -1,5 +1,5 @@
 """The README's run command for real: `honcho start` runs every stage of the Procfile, the page shows the
-demo source annotated, `-c classify=2` starts two workers, and Ctrl-C (SIGINT to the terminal's process
+demo source annotated, `-c classify=2,detect=2` starts two workers of each pool, and Ctrl-C (SIGINT to the terminal's process
 group) stops every process cleanly: no traceback, no orphan."""
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_honcho_runs_the_procfile_and_ctrl_c_stops_every_stage(tiny_model_dir, t
            "FERLIVE_MODEL_DIR": str(tiny_model_dir), "FERLIVE_FPS": "10", "PYTHONUNBUFFERED": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     log = open(tmp_path / "honcho.log", "w+")
-    proc = subprocess.Popen([honcho, "start", "-c", "classify=2"], cwd=ROOT, env=env, stdout=log,
+    proc = subprocess.Popen([honcho, "start", "-c", "classify=2,detect=2"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -63,7 +63,8 @@ def test_honcho_runs_the_procfile_and_ctrl_c_stops_every_stage(tiny_model_dir, t
                 # both workers up: each runs under its own supervisor, and on a loaded machine one may
                 # still be loading its model when the stream is already flowing through the other
                 if (health.get("ok") and latest.get("faces")
-                        and health["stages"]["classify"]["instances"] == 2):
+                        and health["stages"]["classify"]["instances"] == 2
+                        and health["stages"]["detect"]["instances"] == 2):
                     break
             except OSError:
                 pass
@@ -73,7 +74,8 @@ def test_honcho_runs_the_procfile_and_ctrl_c_stops_every_stage(tiny_model_dir, t
                                  f"{(tmp_path / 'honcho.log').read_text()[-3000:]}")
         assert all(health["stages"][s]["alive"] for s in ("capture", "detect", "classify", "annotate")), health
         assert health["stages"]["classify"]["instances"] == 2, health["stages"]["classify"]
-        assert len(_session_members(proc.pid)) >= 7  # honcho, capture, detect, classify x2, annotate, web
+        assert health["stages"]["detect"]["instances"] == 2, health["stages"]["detect"]
+        assert len(_session_members(proc.pid)) >= 8  # honcho, capture, detect x2, classify x2, annotate, web
 
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         proc.wait(timeout=20)
@@ -91,5 +93,5 @@ def test_honcho_runs_the_procfile_and_ctrl_c_stops_every_stage(tiny_model_dir, t
     log.seek(0)
     out = log.read()
     assert "Traceback" not in out, out[-4000:]
-    for stage in ("capture.1", "detect.1", "classify.1", "classify.2", "annotate.1", "web.1"):
+    for stage in ("capture.1", "detect.1", "detect.2", "classify.1", "classify.2", "annotate.1", "web.1"):
         assert f"{stage} started" in out and f"{stage} stopped" in out, (stage, out[-2000:])

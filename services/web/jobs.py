@@ -133,21 +133,25 @@ class JobQueue:
         while (job := self._next()) is not None:
             def progress(done: int, total: Optional[int], elapsed: float, job=job) -> None:
                 job.frames_done, job.frames_total, job.elapsed_s = done, total, elapsed
+            status, error = "failed", "stopped"
             try:
                 job.summary = analyze_video(str(job.folder / UPLOAD_NAME), job.folder / "out",
                                             AnalyzeOptions(every=self.every), model_dir=self.model_dir,
                                             progress=progress, should_stop=lambda: self._closed)
-                job.status = "failed" if job.summary.get("error") else "done"
-                job.error = job.summary.get("error")
+                status = "failed" if job.summary.get("error") else "done"
+                error = job.summary.get("error")
             except Exception as exc:  # one bad video never stops the queue
                 log.exception("video job %s failed", job.id)
-                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {exc}"
             finally:
                 (job.folder / UPLOAD_NAME).unlink(missing_ok=True)
-                self._expire()
+                self._finish(job, status, error)
 
-    def _expire(self) -> None:
+    def _finish(self, job: Job, status: str, error: Optional[str]) -> None:
+        """The job's final status and the expiry of the oldest finished jobs, in one step: a client that sees
+        this job finished never still sees one it pushed out."""
         with self._lock:
+            job.status, job.error = status, error
             finished = [j for j in self.jobs.values() if j.status in ("done", "failed")]
             for old in finished[:max(0, len(finished) - self.kept)]:
                 self.jobs.pop(old.id, None)

@@ -11,7 +11,7 @@ from shared.config import Config
 from shared.labels import EMOTIONS
 from shared.messages import Annotated, FaceResult, Faces, Frame, Predictions, decode, encode
 from shared.draw import annotate
-from services.annotate.sink import Reorderer, RunsReorderer, face_results
+from services.annotate.sink import Reorderer, face_results
 from shared.tracking import Tracker, iou_matrix
 from services.annotate.stage import AnnotateStage
 
@@ -75,27 +75,6 @@ def test_detect_restart_starts_a_new_order():
     assert jobs(r.push(preds(0, run=2), 0.0)) == [104, 0]  # old leftovers flushed, new run from 0
     assert jobs(r.push(preds(105, run=1), 0.0)) == []      # a straggler of the old run
     assert jobs(r.push(preds(1, run=2), 0.0)) == [1]
-
-
-def test_several_detect_workers_are_each_kept_in_order():
-    r = RunsReorderer(window=4, timeout_s=0.1)
-    assert jobs(r.push(preds(0, run=1), 0.0)) == [0]
-    assert jobs(r.push(preds(1, run=2), 0.0)) == []        # run 2 waits for its own job 0, not for run 1
-    assert jobs(r.push(preds(1, run=1), 0.0)) == [1]       # run 1 goes on meanwhile
-    assert jobs(r.push(preds(0, run=2), 0.0)) == [0, 1]
-    assert jobs(r.push(preds(2, run=99), 0.0)) == []       # a stray run id holds only its own place
-    assert jobs(r.push(preds(2, run=1), 0.01)) == [2]
-    assert jobs(r.poll(0.2)) == [2]                        # released by its own timeout
-
-
-def test_silent_runs_are_forgotten_and_runs_are_bounded():
-    r = RunsReorderer(window=4, timeout_s=0.1, max_runs=3, run_ttl_s=5.0)
-    for run in range(3):
-        r.push(preds(0, run=run), 0.0)
-    r.push(preds(0, run=7), 1.0)                           # a fourth run: the one silent longest goes
-    assert len(r.runs) == 3 and 0 not in r.runs
-    r.poll(10.0)
-    assert r.runs == {}                                    # all silent for longer than run_ttl_s
 
 
 def test_the_broker_numbers_what_a_worker_takes_and_keeps_sources_in_capture_order():

@@ -11,12 +11,12 @@ from shared.tracking import Tracker
 
 
 class Reorderer:
-    """Releases predictions in detect's send order (``faces.job``) although workers finish out of order.
+    """Releases predictions in the order the faces broker sent them (``faces.job``) although workers finish out of order.
 
     A result is held until every earlier job has been released, at most ``timeout_s`` after it arrived
     and while fewer than ``window`` results wait; then the missing jobs are skipped (counted ``skipped``)
     so a late frame never stalls the stream. A result arriving after its place was skipped is dropped
-    (counted ``late``): the page never steps backwards. A new detect run (restart) starts a new order.
+    (counted ``late``): the page never steps backwards. A new run (annotate restarted) starts a new order.
 
     Run ids and job numbers come off the bus, so nothing here may trust them to stall the stream: a
     retired run that still sends once the current one has been silent for ``timeout_s`` takes over again
@@ -92,51 +92,6 @@ class Reorderer:
                 self.next_job = first
                 continue
             break
-        return out
-
-
-class RunsReorderer:
-    """One ``Reorderer`` per run (the numbering of one annotate process: after a restart, results of the old
-    run may still come back from the workers, and a run id off the bus is untrusted).
-
-    A run silent for ``run_ttl_s`` has its leftovers released and is forgotten, and at most ``max_runs``
-    are kept (the one silent longest goes first), so run ids off the bus cost bounded memory and a stray
-    one never holds up the others."""
-
-    def __init__(self, window: int = 8, timeout_s: float = 0.1, counters: Optional[Counter] = None,
-                 max_runs: int = 16, run_ttl_s: float = 5.0) -> None:
-        self.window, self.timeout_s, self.max_runs, self.run_ttl_s = window, timeout_s, max_runs, run_ttl_s
-        self.counters = counters if counters is not None else Counter()
-        self.runs: dict[int, Reorderer] = {}
-        self._last: dict[int, float] = {}
-
-    def _order(self, run: int, now: float) -> tuple[Reorderer, list[tuple[float, Predictions]]]:
-        out: list[tuple[float, Predictions]] = []
-        if run not in self.runs:
-            if len(self.runs) >= self.max_runs:
-                out += self._retire(min(self._last, key=self._last.__getitem__))
-            self.runs[run] = Reorderer(self.window, self.timeout_s, self.counters)
-        self._last[run] = now
-        return self.runs[run], out
-
-    def _retire(self, run: int) -> list[tuple[float, Predictions]]:
-        del self._last[run]
-        return self.runs.pop(run)._flush()
-
-    def push(self, preds: Predictions, now: float) -> list[tuple[float, Predictions]]:
-        order, out = self._order(preds.faces.run, now)
-        return out + order.push(preds, now)
-
-    def skip(self, run: int, job: int, now: float) -> list[tuple[float, Predictions]]:
-        order, out = self._order(run, now)
-        return out + order.skip(run, job, now)
-
-    def poll(self, now: float) -> list[tuple[float, Predictions]]:
-        out: list[tuple[float, Predictions]] = []
-        for run in [r for r, t in self._last.items() if now - t > self.run_ttl_s]:
-            out += self._retire(run)
-        for order in self.runs.values():
-            out += order.poll(now)
         return out
 
 

@@ -19,7 +19,7 @@ from shared.images import ImageError, ImageLimits, decode_image
 from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, Skip, decode, encode
 from shared.tracking import Tracker
 from services.annotate.broker import FacesBroker
-from services.annotate.sink import RunsReorderer, face_results
+from services.annotate.sink import Reorderer, face_results
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class AnnotateStage:
         self.cfg = cfg
         self.counters = counters if counters is not None else Counter()
         self.guard = guard or Guard(self.counters, log, cfg.log_every_s)
-        self.reorder = RunsReorderer(cfg.reorder_window, cfg.reorder_timeout_ms / 1e3, self.counters)
+        self.reorder = Reorderer(cfg.reorder_window, cfg.reorder_timeout_ms / 1e3, self.counters)
         self.trackers: dict[str, Tracker] = {}
         self.limits = ImageLimits(max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side,
                                   max_side=max(cfg.min_image_side, 16))

@@ -25,8 +25,9 @@ from services.capture.source import SourceError, fit_frame, open_source, parse_s
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str, bytes], bool]
-"""``send(source_id, data) -> bool``: hand one encoded Frame to the pipeline; False = dropped."""
+Send = Callable[[str, bytes], None]
+"""``send(source_id, data)``: hand one encoded Frame to the pipeline (the frames dispatcher, which counts a frame
+replaced before a detect worker took it as ``superseded``)."""
 
 
 def frame_message(frame_bgr: np.ndarray, source_id: str, seq: int, t_grab: float, quality: int) -> Frame:
@@ -168,10 +169,8 @@ def read_source(cfg: Config, state: SourceState, send: Send, stopping: Callable[
                                     cfg.jpeg_quality)
                 t_send = time.time()
                 msg.stamps.append(("capture", t_grab, t_send))
-                if send(source_id, encode(msg)):
-                    state.counters["frames_out"] += 1
-                else:
-                    state.counters["dropped"] += 1
+                send(source_id, encode(msg))
+                state.counters["frames_out"] += 1
                 state.seq += 1
     finally:
         if src is not None:
@@ -245,11 +244,7 @@ def run(cfg: Config, ctx: Optional[zmq.Context] = None, should_stop: Callable[[]
     if cfg.wait_subscriber_s > 0 and not pub.wait_for_workers(cfg.wait_subscriber_s, cfg.wait_subscribers):
         log.warning("no detect worker after %.1f s; sending anyway", cfg.wait_subscriber_s)
 
-    def send(source_id: str, data: bytes) -> bool:
-        """The one way out for every source's thread (the dispatcher is thread-safe); a frame no detect
-        worker took yet is replaced by its source's next one (counted ``superseded``)."""
-        pub.offer(source_id, data)
-        return True
+    send: Send = pub.offer  # the one way out for every source's thread (the dispatcher is thread-safe)
 
     stop = threading.Event()
 

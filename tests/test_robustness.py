@@ -148,6 +148,7 @@ class Rig:
         self.ctx = zmq.Context()
         self.frames = bus.frames_dispatcher(self.cfg, self.ctx)  # the test is capture
         self.preds = bus.predictions_push(self.cfg, self.ctx)
+        self.detections = bus.detections_push(self.cfg, self.ctx)  # as a detect worker would
         self.hb = bus.heartbeat_pub(self.cfg, self.ctx)
 
     def pipe_env(self) -> dict:
@@ -245,6 +246,14 @@ def test_bad_input_everywhere_leaves_every_stage_alive_and_correct(rig, good_fra
     for data in (msgpack.packb(nan, use_bin_type=True), msgpack.packb(stray, use_bin_type=True), b"\0junk"):
         assert bus.send_within(rig.preds, data, 2000)
 
+    # --- the bus, to annotate's faces broker (what detect workers send): junk, the wrong kind, a frame
+    # without its JPEG, one over MAXMSGSIZE (annotate drops that peer; its PUSH reconnects by itself)
+    no_jpeg = msgpack.unpackb(encode(good.faces), raw=False)
+    no_jpeg["frame"]["jpeg"] = b""
+    for data in (b"\x93junk", encode(good), msgpack.packb(no_jpeg, use_bin_type=True),
+                 b"\0" * (rig.cfg.max_msg_bytes + 1)):
+        assert bus.send_within(rig.detections, data, 2000)
+
     # --- heartbeats: an unknown stage, a NaN interval
     hb = msgpack.unpackb(encode(Heartbeat("detect", "evil:1", time.time(), 1.0, {})), raw=False)
     for change in ({"stage": "evil"}, {"interval": float("nan")}):
@@ -316,6 +325,7 @@ def test_bad_input_everywhere_leaves_every_stage_alive_and_correct(rig, good_fra
     # garbage, empty JPEG, 30000x30000 (over the message's side limit) | tiny, 8000x8000, wrong size, corrupt
     assert dropped == {"bad_messages": 3, "bad_frames": 4}, det
     assert ann.get("bad_messages", 0) - before["annotate"].get("bad_messages", 0) >= 2, ann  # NaN, junk
+    assert ann.get("bad_messages", 0) - before["annotate"].get("bad_messages", 0) >= 2 + 3, ann  # + the broker's
     assert web.get("bad_messages", 0) >= 2, web                                             # the two heartbeats
     assert "evil" not in h["stages"] and h["stages"]["detect"]["alive"]
     assert web.get("predict_400", 0) >= 3 and web.get("predict_413", 0) >= 1 and web.get("refused_origin", 0) >= 2

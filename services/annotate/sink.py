@@ -11,7 +11,8 @@ from shared.tracking import Tracker
 
 
 class Reorderer:
-    """Releases predictions in the order the faces broker sent them (``faces.job``) although workers finish out of order.
+    """Releases predictions in the order the faces broker sent them (``faces.job``), although workers finish
+    out of order.
 
     A result is held until every earlier job has been released, at most ``timeout_s`` after it arrived
     and while fewer than ``window`` results wait; then the missing jobs are skipped (counted ``skipped``)

@@ -14,6 +14,8 @@ import csv
 import json
 import logging
 import multiprocessing as mp
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -149,6 +151,16 @@ def _worker_call(frame_bgr: np.ndarray) -> FaceAnalysis:
     return _WORKER(frame_bgr)
 
 
+def _ctrl_c_between_frames(stop: threading.Event) -> Callable[[], None]:
+    """In the main thread, Ctrl-C sets ``stop`` instead of raising KeyboardInterrupt wherever the loop happens
+    to be, so the loop ends between two frames and the CSV, the video and the counts all hold the same whole
+    frames (elsewhere, or where SIGINT is ignored, nothing changes). Returns what restores the old handler."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return lambda: None
+    old = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return lambda: signal.signal(signal.SIGINT, old)
+
+
 def _frames(cap, live: bool, options: AnalyzeOptions, should_stop: Callable[[], bool]):
     """(index, time_s, frame_bgr, analyse?) for every frame in [start, end] (or for `duration` s of a live
     source); time from the container's timestamps (files) or the wall clock (live)."""
@@ -237,10 +249,13 @@ def analyze_video(source: str, out_dir: str | Path, options: AnalyzeOptions = An
     latest: list[FaceResult] = []
     prev_thumb = None
     csv_file = open(out / CSV_FILE, "w", newline="", buffering=1)  # line-buffered: rows on disk as they come
+    interrupted = threading.Event()
+    restore_ctrl_c = _ctrl_c_between_frames(interrupted)
+    stop = lambda: should_stop() or interrupted.is_set()  # noqa: E731
     try:
         table = csv.writer(csv_file)
         table.writerow(csv_header())
-        for index, t, frame, faces in _results(_frames(cap, live, options, should_stop), analyzer, pool,
+        for index, t, frame, faces in _results(_frames(cap, live, options, stop), analyzer, pool,
                                                 options.workers):
             frames_read += 1
             if writer is None and options.video:
@@ -264,13 +279,14 @@ def analyze_video(source: str, out_dir: str | Path, options: AnalyzeOptions = An
                 writer.write(annotate(frame, latest))
             if progress is not None:
                 progress(frames_read, total, time.monotonic() - t_start)
-        complete = not should_stop()
+        complete = not stop()
     except KeyboardInterrupt:
         log.warning("interrupted: the outputs hold the %d frames analysed so far", frames_analysed)
     except cv2.error as e:  # a corrupt stream part-way
         error = f"{source}: decoding failed after {frames_read} frames: {e}"
         log.error(error)
     finally:
+        restore_ctrl_c()
         csv_file.close()
         if writer is not None:
             writer.release()

@@ -228,3 +228,40 @@ def test_training_from_init_weights_starts_where_they_left_off(tiny_run_dir, sam
     assert tuned.history["loss"][0] < fresh.history["loss"][0], (tuned.history, fresh.history)
     at_best = float(donor["loss"][int(np.nanargmax(donor["val_accuracy"]))])
     assert tuned.history["loss"][0] <= 1.1 * at_best, (tuned.history, donor)
+
+
+@pytest.mark.slow
+def test_ema_validates_and_keeps_the_averaged_weights(sample_csv, tmp_path, monkeypatch):
+    """With --ema the logged PublicTest accuracy, the best checkpoint and the final model are the weights'
+    moving average, not the last step's weights; the backup keeps the trained weights for a resume."""
+    import keras
+
+    from training.data import load_fer2013
+    from training.models import create_model
+    from training.train import BEST_WEIGHTS, train, xy
+
+    monkeypatch.setenv("FERLIVE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    cfg = TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(run), epochs=4, batch_size=16,
+                      lr=5e-2, schedule="constant", warmup_epochs=0, label_smoothing=0.0, augment=None,
+                      per_class=30, ema=0.9)
+    history = train(cfg, verbose=0)
+    val = history.history["val_accuracy"]
+    best_epoch = int(np.argmax(val))
+
+    data = take_per_class(load_fer2013(sample_csv), 30, seed=1)
+    x_va, y_va = xy(data.split("PublicTest"))
+    model = create_model("tiny_cnn")
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    model.load_weights(run / BEST_WEIGHTS)
+    assert model.evaluate(x_va, y_va, verbose=0)[1] == pytest.approx(val[best_epoch], abs=1e-6)
+
+    final = keras.models.load_model(run / LAST_MODEL)
+    ema_vars = final.optimizer._model_variables_moving_average
+    for w, avg in zip(final.trainable_variables, ema_vars):  # the average was kept as the final weights
+        np.testing.assert_allclose(np.asarray(w), np.asarray(avg), atol=1e-6)
+    assert final.evaluate(x_va, y_va, verbose=0)[1] == pytest.approx(val[-1], abs=1e-6)
+
+    with pytest.raises(ValueError, match="ema"):
+        train(TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(tmp_path / "bad"), epochs=1,
+                          per_class=30, ema=1.5), verbose=0)

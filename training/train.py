@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 1
     per_class: int | None = None          # cap faces per class and split (quick runs)
     init_from: str | None = None          # start from these weights: a run dir, a .weights.h5 or a model dir
+    ema: float | None = None              # momentum of the weights' moving average (validated and kept); None: off
     # Distillation (`ferlive distill`): the targets mix the FER2013 label with a teacher's softened
     # probabilities and the FER+ crowd-vote distribution (Training rows only); the rest of the weight
     # goes to the hard label. 0/None: plain training on hard labels.
@@ -167,14 +168,19 @@ def lr_at(epoch: int, cfg: TrainConfig, base_lr: float) -> float:
     return base_lr
 
 
-def make_optimizer(name: str, lr: float, weight_decay: float):
+def make_optimizer(name: str, lr: float, weight_decay: float, ema: float | None = None):
+    """The optimiser by name; `ema` (e.g. 0.999) keeps an exponential moving average of the weights
+    (Polyak averaging), which `_callbacks` validates, checkpoints and finally keeps."""
     import keras
+    if ema is not None and not 0.0 < ema < 1.0:
+        raise ValueError(f"--ema must be between 0 and 1 (e.g. 0.999), got {ema}")
+    kw = {"use_ema": True, "ema_momentum": ema} if ema is not None else {}
     if name == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **kw)
     if name == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=weight_decay)
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay, **kw)
     if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=weight_decay, **kw)
     raise ValueError(f"unknown optimizer {name!r}; use adam, adamw or sgd")
 
 
@@ -246,6 +252,19 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
                 else:
                     self._handle.update(fig)
 
+    class SwapBack(keras.callbacks.Callback):
+        """With --ema: put the trained weights back after the checkpoint took the averaged ones, so the
+        backup holds the training state as it is (trained weights in the model, the average in the
+        optimiser) and a resumed run continues exactly."""
+
+        def __init__(self, swap):
+            super().__init__()
+            self.swap = swap
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch < self.params["epochs"] - 1:  # after the last epoch the model keeps the average
+                self.swap.on_epoch_begin(epoch + 1)
+
     best_so_far = None
     hist = run / HISTORY
     if hist.exists():
@@ -264,6 +283,12 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
     else:
         cbs.append(keras.callbacks.LearningRateScheduler(lambda e: lr_at(e, cfg, base_lr)))
     cbs.append(LivePlot())
+    if cfg.ema is not None:
+        # Validation and the best checkpoint see the averaged weights: swapped in for each evaluation
+        # and at the end of each epoch (first, before the checkpoint), swapped back before the backup.
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        cbs.insert(0, swap)
+        cbs.append(SwapBack(swap))
     # Last, so an epoch is marked done only once its best checkpoint and history row are on disk: a kill
     # in between reruns that epoch (one repeated history row) instead of losing it. Two generations of
     # the backup, so a kill while it is being written falls back to the previous epoch's.
@@ -314,7 +339,7 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     if cfg.init_from and not (run / "backup").exists():  # a resumed run restores its own weights
         load_initial_weights(model, cfg.init_from)
         record_init_source(run, cfg.init_from)
-    model.compile(optimizer=make_optimizer(opt_name, base_lr, cfg.weight_decay),
+    model.compile(optimizer=make_optimizer(opt_name, base_lr, cfg.weight_decay, cfg.ema),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"])
     if verbose is None:
@@ -355,6 +380,9 @@ def add_train_arguments(p, label_smoothing: float = 0.1) -> None:
     p.add_argument("--init-from", default=None,
                    help="start from trained weights (fine-tuning, or a warm restart of the schedule): a run "
                         "directory, a .weights.h5 checkpoint or an exported model directory")
+    p.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
+                   help="keep an exponential moving average of the weights (e.g. 0.999): validation, the best "
+                        "checkpoint and the final model use the averaged weights")
 
 
 def config_from_args(a, **extra) -> TrainConfig:
@@ -362,7 +390,7 @@ def config_from_args(a, **extra) -> TrainConfig:
     return TrainConfig(model=a.model, data=a.data, run_dir=a.run_dir, epochs=a.epochs, batch_size=a.batch_size,
                        optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
                        warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, augment=aug,
-                       seed=a.seed, per_class=a.per_class, init_from=a.init_from, **extra)
+                       seed=a.seed, per_class=a.per_class, init_from=a.init_from, ema=a.ema, **extra)
 
 
 def _cmd_train(a) -> int:

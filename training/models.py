@@ -85,16 +85,18 @@ def xception_wide(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augme
 
 
 def vgg_lite(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None,
-             widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.4) -> keras.Model:
-    """A compact VGG: one 3x3 conv at 48x48, then two 3x3 convs at each of 24, 12 and 6 pixels
-    (all BN + ReLU, max-pool between), global average pooling, dropout, softmax. Full convolutions
+             widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.4,
+             convs: tuple[int, ...] | None = None) -> keras.Model:
+    """A compact VGG: one 3x3 conv at 48x48, then two 3x3 convs (or `convs[i]`) at each of 24, 12 and 6
+    pixels (all BN + ReLU, max-pool between), global average pooling, dropout, softmax. Full convolutions
     run far better than depthwise ones on a CPU, so this buys accuracy per second of training."""
+    convs = convs or (2,) * (len(widths) - 1)
     inp, x = _inputs(input_shape, augment)
     x = _conv_bn_relu(x, widths[0], 3, "s1c1")
     x = layers.MaxPooling2D(2, name="s1_pool")(x)
-    for s, f in enumerate(widths[1:], start=2):
-        x = _conv_bn_relu(x, f, 3, f"s{s}c1")
-        x = _conv_bn_relu(x, f, 3, f"s{s}c2")
+    for s, (f, n) in enumerate(zip(widths[1:], convs), start=2):
+        for c in range(1, n + 1):
+            x = _conv_bn_relu(x, f, 3, f"s{s}c{c}")
         if s < len(widths):
             x = layers.MaxPooling2D(2, name=f"s{s}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
@@ -118,6 +120,19 @@ def vgg_medium(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=
     return keras.Model(model.inputs, model.outputs, name="vgg_medium")
 
 
+def vgg_small_deep(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
+    """vgg_small's cost (~25M multiply-adds) spent on depth: three convs per stage at widths 24, 48, 112."""
+    model = vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 112), dropout=0.3, convs=(3, 3, 3))
+    return keras.Model(model.inputs, model.outputs, name="vgg_small_deep")
+
+
+def vgg_small_late(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
+    """vgg_small's cost (~24M multiply-adds) moved to the 6x6 stage, where a channel is cheapest:
+    widths 16, 24, 56, 176."""
+    model = vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 56, 176), dropout=0.3)
+    return keras.Model(model.inputs, model.outputs, name="vgg_small_late")
+
+
 def tiny_cnn(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """A few-thousand-parameter net for tests and the notebook: trains in seconds."""
     inp, x = _inputs(input_shape, augment)
@@ -137,6 +152,8 @@ MODELS: dict[str, ModelSpec] = {
     "xception_wide": ModelSpec(xception_wide, "adamw", 2e-3, "mini-Xception at twice the width, ~0.2M params"),
     "vgg_small": ModelSpec(vgg_small, "adamw", 2e-3, "vgg_lite at half width, ~0.3M params: the distilled student"),
     "vgg_medium": ModelSpec(vgg_medium, "adamw", 2e-3, "vgg_lite at 3/4 width, ~0.6M params: a wider student"),
+    "vgg_small_deep": ModelSpec(vgg_small_deep, "adamw", 2e-3, "vgg_small's cost in depth: 3 convs per stage"),
+    "vgg_small_late": ModelSpec(vgg_small_late, "adamw", 2e-3, "vgg_small's cost in the 6x6 stage's width"),
     "tiny_cnn": ModelSpec(tiny_cnn, "adam", 3e-3, "tiny net for tests and demos"),
 }
 

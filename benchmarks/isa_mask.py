@@ -28,6 +28,7 @@ from pathlib import Path
 SSE3, AVX, AVXVNNI, FMA3, FMA4, XOP, F16C, AVX2, AVX512F = 16, 22, 23, 24, 25, 26, 27, 28, 29
 LAST_WIDE = 56          # avx512f .. avx_ne_convert (and the extra field): everything past AVX2 that is vector
 STRUCT_SIZE = 86
+MASKED = (AVXVNNI, *range(AVX512F, LAST_WIDE + 1))  # the flags an AVX2-only CPU lacks
 
 
 def _library() -> Path:
@@ -64,20 +65,14 @@ def _load_base(lib: Path) -> int:
 def _check_layout(flags: bytes) -> None:
     """Refuse a struct whose layout we do not know: AVX2/FMA3/AVX/SSE3 set (any CPU this code runs on has
     them, and /proc/cpuinfo agrees), FMA4/XOP clear (no CPU with AVX-512 has them)."""
-    proc = _proc_flags()
+    from shared.model import cpu_flags
+    proc = cpu_flags()
     expect = {SSE3: "pni" in proc, AVX: "avx" in proc, FMA3: "fma" in proc, AVX2: "avx2" in proc,
               AVX512F: "avx512f" in proc, AVXVNNI: "avx_vnni" in proc, FMA4: "fma4" in proc, XOP: "xop" in proc}
     wrong = {i: (flags[i], want) for i, want in expect.items() if bool(flags[i]) != want}
     if len(flags) != STRUCT_SIZE or wrong:
         raise RuntimeError(f"cpuinfo_isa layout not recognised (size {len(flags)}, mismatches at {wrong}); "
                            "not patching")
-
-
-def _proc_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def mask_isa(target: str = "avx2") -> dict:
@@ -96,11 +91,11 @@ def mask_isa(target: str = "avx2") -> dict:
     addr, size = syms["cpuinfo_isa"]
     before = ctypes.string_at(base + addr, size)
     _check_layout(before)
-    cleared = [i for i in [AVXVNNI, *range(AVX512F, LAST_WIDE + 1)] if before[i]]
+    cleared = [i for i in MASKED if before[i]]
     for i in cleared:
         ctypes.c_bool.from_address(base + addr + i).value = False
     after = ctypes.string_at(base + addr, size)
-    if any(after[i] for i in [AVXVNNI, *range(AVX512F, LAST_WIDE + 1)]) or not after[AVX2]:
+    if any(after[i] for i in MASKED) or not after[AVX2]:
         raise RuntimeError("masking cpuinfo_isa did not hold")
     return {"target": "avx2", "library": lib.name, "flags_cleared": len(cleared),
             "kept": ["sse4_2", "avx", "fma3", "f16c", "avx2"],

@@ -42,16 +42,21 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
 SLOW_MS_PER_FACE = 2.0  # above this, four faces take a quarter of a 30 frames/s frame budget
 
 
-def vector_extensions() -> list[str]:
-    """This CPU's SIMD extensions among VECTOR_FLAGS (from /proc/cpuinfo's flags; [] where unreadable)."""
+def cpu_flags() -> set[str]:
+    """All of this CPU's flags from /proc/cpuinfo (empty where unreadable)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in VECTOR_FLAGS if f in flags]
+                return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return []
+    return set()
+
+
+def vector_extensions() -> list[str]:
+    """This CPU's SIMD extensions among VECTOR_FLAGS (from /proc/cpuinfo's flags; [] where unreadable)."""
+    flags = cpu_flags()
+    return [f for f in VECTOR_FLAGS if f in flags]
 
 
 def measure_ms_per_face(model: "FacialExpressionModel", calls: int = 20, warmup: int = 3) -> float:

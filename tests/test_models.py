@@ -106,3 +106,14 @@ def test_augmentation_changes_faces_only_in_training(faces):
     out = np.asarray(block(x, training=True))
     assert out.shape == x.shape and not np.allclose(out, x)
     assert build_augmentation(None) is None
+
+
+def test_vgg_lite_head_keeps_the_map_or_averages_it():
+    flat = create_model("vgg_small_flat96")
+    gap = create_model("vgg_small_deep96")
+    # the same convolutions; the flattened head sees all 6x6x96 positions, the averaged one 96 channels
+    assert flat.get_layer("probs").kernel.shape == (6 * 6 * 96, NUM_CLASSES)
+    assert gap.get_layer("probs").kernel.shape == (96, NUM_CLASSES)
+    from training.models import vgg_lite
+    with pytest.raises(ValueError, match="head"):
+        vgg_lite(head="max")

@@ -12,8 +12,8 @@ run() { echo "== $*"; "$@"; }
 run "$PY" benchmarks/inference.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --batches 1,16 --repeats 30 --out "$OUT/inference.json"
 # the students and candidates with this CPU's kernels and with an AVX2-only CPU's (AVX-512/VNNI masked)
 for isa in native avx2; do
-  run "$PY" benchmarks/inference.py --isa $isa --models vgg_small,vgg_medium,vgg_lite,xception_wide,mini_xception \
-      --batches 1 --repeats 100 --model-dir models/vgg_small_distilled --model-dir models/vgg_medium_distilled \
+  run "$PY" benchmarks/inference.py --isa $isa --models vgg_small,vgg_medium,vgg_lite,xception_wide,mini_xception,vgg_small_deep,vgg_small_late,vgg_small_deep96,vgg_small_mid96,vgg_small_flat96 \
+      --batches 1 --repeats 200 --model-dir models/vgg_small_distilled --model-dir models/vgg_medium_distilled --model-dir models/vgg_small_mid96_distilled \
       --out "$OUT/inference_isa_$isa.json"
 done
 run "$PY" benchmarks/train_throughput.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --steps 20 --repeats 3 --out "$OUT/train_throughput.json"

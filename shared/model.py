@@ -40,6 +40,7 @@ KERAS_BATCH = 256
 # SIMD extensions that decide the runtime's kernels: the same int8 network is 5-6x faster with VNNI.
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 SLOW_MS_PER_FACE = 2.0  # above this, four faces take a quarter of a 30 frames/s frame budget
+FAST_MODEL_DIR = "models/vgg_small_mid96_distilled"  # the one-network option the slow-CPU warning names
 
 
 def cpu_flags() -> set[str]:
@@ -82,8 +83,8 @@ def report_speed(model: "FacialExpressionModel", slow_ms: float = SLOW_MS_PER_FA
     if ms > slow_ms:
         hint = "" if "avx512_vnni" in ext or "avx_vnni" in ext else " (this CPU has no VNNI, which int8 needs most)"
         log.warning("model %s takes %.1f ms per face here%s: with several faces per frame classify may fall "
-                    "behind; FERLIVE_MODEL_DIR=models/vgg_small_distilled is one network about 17x cheaper "
-                    "(README: The fast model)", name, ms, hint)
+                    "behind; FERLIVE_MODEL_DIR=%s is one network about 17x cheaper "
+                    "(README: The fast model)", name, ms, hint, FAST_MODEL_DIR)
     return ms
 
 

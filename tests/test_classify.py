@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,7 +144,7 @@ def test_startup_reports_its_speed_on_this_cpu_and_warns_when_slow(model, caplog
     slower than the threshold gets a warning that names the fast network."""
     import logging
 
-    from shared.model import report_speed, vector_extensions
+    from shared.model import FAST_MODEL_DIR, report_speed, vector_extensions
 
     with caplog.at_level(logging.INFO, logger="shared.model"):
         ms = report_speed(model)
@@ -155,4 +156,6 @@ def test_startup_reports_its_speed_on_this_cpu_and_warns_when_slow(model, caplog
     with caplog.at_level(logging.INFO, logger="shared.model"):
         report_speed(model, slow_ms=0.0)  # any real time is above 0 ms: the warning must come
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "vgg_small_distilled" in warnings[0]
+    assert len(warnings) == 1 and FAST_MODEL_DIR in warnings[0]
+    # the model it names is in the repository, exported, with its card
+    assert (Path(__file__).resolve().parents[1] / FAST_MODEL_DIR / "card.json").is_file()

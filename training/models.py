@@ -192,4 +192,3 @@ def create_model(name: str, num_classes: int = NUM_CLASSES, input_shape=INPUT_SH
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}")
     return MODELS[name].build(num_classes=num_classes, input_shape=input_shape, augment=augment)
-

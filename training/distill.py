@@ -10,7 +10,15 @@ The student's target for a Training face is
 (a face without usable FER+ votes gives that share to its label). The teacher is any exported model
 directory, run in its int8 form with flip averaging when its card does not already bake it in; its
 probabilities on Training are computed once and cached in the run directory (`teacher_targets.npz`), so a
-resumed run trains on exactly the same targets. Everything else — schedule, checkpoints chosen on
+resumed run trains on exactly the same targets.
+
+Consistent teaching (`--teacher-views K`): the student above sees an augmented face but learns what the
+teacher said of the plain one. With K > 0 the Training faces are augmented K times up front (the run's own
+augmentation layers: rotation, zoom, shift, contrast, brightness, erasing), the teacher labels every view,
+and each epoch the student trains on one randomly chosen view of each face with the targets made from that
+very view; only the mirror flip stays online (the flip-averaged teacher is symmetric, so its target holds
+for the mirrored view too). The teacher's probabilities on all views are cached (`teacher_views.npz`),
+keyed by the views' bytes. Everything else — schedule, checkpoints chosen on
 PublicTest, resume after a kill, timing — is `ferlive train`'s."""
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from training.data import FerData
 log = logging.getLogger(__name__)
 
 TEACHER_CACHE = "teacher_targets.npz"
+VIEWS_CACHE = "teacher_views.npz"
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -108,16 +117,109 @@ def cached_teacher_probabilities(model_dir: str | Path, faces: np.ndarray, run: 
     return probs.astype(np.float16).astype(np.float32)
 
 
-def distillation_targets(cfg, full: FerData, keep: np.ndarray, run: Path) -> np.ndarray:
-    """The (N_train,7) targets of `cfg` (a TrainConfig) for the Training rows of full.subset(keep)."""
+def augmented_views(faces: np.ndarray, augment, k: int, seed: int, batch: int = 2048) -> np.ndarray:
+    """uint8 (k,N,48,48): k augmented copies of uint8 (N,48,48) faces, made by the training augmentation
+    layers of `augment` (an AugmentConfig) without the mirror flip, seeded so the same call gives the same views."""
+    import dataclasses
+
+    import keras
+
+    from training.augment import build_augmentation
+
+    if k < 1:
+        raise ValueError(f"--teacher-views must be >= 1, got {k}")
+    faces = np.asarray(faces, np.uint8)
+    out = np.empty((k,) + faces.shape, np.uint8)
+    cfg = dataclasses.replace(augment, flip=False)
+    for v in range(k):
+        block = build_augmentation(cfg, seed=seed * 1000 + 17 * v)
+        for i in range(0, len(faces), batch):
+            x = faces[i:i + batch, :, :, None].astype(np.float32) / 255.0
+            y = keras.ops.convert_to_numpy(block(x, training=True)) if block.layers else x
+            out[v, i:i + batch] = np.clip(np.rint(y[..., 0] * 255.0), 0, 255).astype(np.uint8)
+    return out
+
+
+def cached_teacher_view_probabilities(model_dir: str | Path, views: np.ndarray, run: Path,
+                                      threads: int = 2) -> np.ndarray:
+    """float32 (k,N,7): the teacher on every view, cached in run/teacher_views.npz keyed by the teacher's
+    files and a digest of all the views (so views made differently are never paired with stale targets)."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha1(_teacher_key(model_dir, views[0]).encode())
+    h.update(np.ascontiguousarray(views).tobytes())
+    key = h.hexdigest()[:16]
+    cache = run / VIEWS_CACHE
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key and z["probs"].shape == views.shape[:2] + (NUM_CLASSES,):
+                return z["probs"].astype(np.float32)
+        log.warning("%s was made by another teacher or for other views; recomputing", cache)
+    probs = np.empty(views.shape[:2] + (NUM_CLASSES,), np.float16)
+    for v in range(len(views)):
+        log.info("teacher %s on view %d/%d of %d Training faces ...", model_dir, v + 1, len(views), views.shape[1])
+        probs[v] = teacher_probabilities(model_dir, views[v], threads=threads)
+    tmp = run / (VIEWS_CACHE + ".tmp.npz")
+    np.savez_compressed(tmp, probs=probs, key=np.array(key))
+    tmp.replace(cache)
+    return probs.astype(np.float32)
+
+
+class ViewBatches:
+    """Keras training batches for consistent teaching: each epoch, one seeded random view of every face
+    with the targets of that view, in a seeded random order. `set_epoch` (a callback calls it) picks the
+    epoch's views and order, so a resumed run draws what the uninterrupted one would have."""
+
+    def __init__(self, views: np.ndarray, targets: np.ndarray, batch_size: int, seed: int):
+        if views.shape[:2] != targets.shape[:2]:
+            raise ValueError(f"views {views.shape[:2]} and targets {targets.shape[:2]} disagree")
+        self.views, self.targets, self.batch_size, self.seed = views, targets, batch_size, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, epoch])
+        n = self.views.shape[1]
+        self.order = rng.permutation(n)
+        self.view = rng.integers(0, len(self.views), n)
+
+    def __len__(self) -> int:
+        return -(-self.views.shape[1] // self.batch_size)
+
+    def batch(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        v = self.view[rows]
+        x = self.views[v, rows].astype(np.float32)[..., None] / 255.0
+        return x, self.targets[v, rows]
+
+    def keras_dataset(self):
+        """A keras.utils.PyDataset over these batches (works on every Keras backend)."""
+        import keras
+
+        outer = self
+
+        class _Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return len(outer)
+
+            def __getitem__(self, i):
+                return outer.batch(i)
+
+        return _Batches()
+
+    def epoch_callback(self):
+        import keras
+
+        outer = self
+
+        class _SetEpoch(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                outer.set_epoch(epoch)
+
+        return _SetEpoch()
+
+
+def _labels_and_votes(cfg, full: FerData, keep: np.ndarray):
     data = full.subset(keep)
     train_rows = data.splits == "Training"
-    labels = data.labels[train_rows]
-    teacher = None
-    if cfg.teacher_weight > 0:
-        if not cfg.teacher:
-            raise ValueError("--teacher-weight needs --teacher MODEL_DIR")
-        teacher = soften(cached_teacher_probabilities(cfg.teacher, data.faces[train_rows], run), cfg.temperature)
     ferplus = usable = None
     if cfg.ferplus_weight > 0:
         from training.data import DEFAULT_DATA
@@ -125,6 +227,39 @@ def distillation_targets(cfg, full: FerData, keep: np.ndarray, run: Path) -> np.
         votes = load_ferplus(cfg.data if cfg.data is not None else DEFAULT_DATA)
         ferplus, usable = votes.training_targets(full, keep[train_rows])  # refuses any test row
         log.info("FER+ votes usable for %d of %d Training faces", usable.sum(), len(usable))
+    return data.faces[train_rows], data.labels[train_rows], ferplus, usable
+
+
+def view_distillation_targets(cfg, full: FerData, keep: np.ndarray, run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Consistent teaching: (views uint8 (k,N,48,48), targets float32 (k,N,7)) for the Training rows of
+    full.subset(keep); targets mix like `distillation_targets`, with the teacher's word on each view."""
+    if not cfg.teacher or cfg.teacher_weight <= 0:
+        raise ValueError("--teacher-views needs --teacher MODEL_DIR and a --teacher-weight above 0")
+    if cfg.augment is None:
+        raise ValueError("--teacher-views augments the faces; it cannot be combined with --no-augment")
+    faces, labels, ferplus, usable = _labels_and_votes(cfg, full, keep)
+    views = augmented_views(faces, cfg.augment, cfg.teacher_views, cfg.seed)
+    probs = cached_teacher_view_probabilities(cfg.teacher, views, run)
+    targets = np.stack([mix_targets(labels, soften(p, cfg.temperature), cfg.teacher_weight, ferplus, usable,
+                                    cfg.ferplus_weight) for p in probs])
+    stats = {"n": int(len(labels)), "views": int(len(views)),
+             "argmax_agrees_with_label": float((targets.argmax(2) == labels).mean()),
+             "teacher_agrees_with_label": float((probs.argmax(2) == labels).mean()),
+             "teacher_mean_top_probability": float(probs.max(2).mean()),
+             "ferplus_usable": None if usable is None else int(usable.sum())}
+    (run / "targets.json").write_text(json.dumps(stats, indent=2))
+    log.info("consistent-teaching targets: %s", stats)
+    return views, targets
+
+
+def distillation_targets(cfg, full: FerData, keep: np.ndarray, run: Path) -> np.ndarray:
+    """The (N_train,7) targets of `cfg` (a TrainConfig) for the Training rows of full.subset(keep)."""
+    faces, labels, ferplus, usable = _labels_and_votes(cfg, full, keep)
+    teacher = None
+    if cfg.teacher_weight > 0:
+        if not cfg.teacher:
+            raise ValueError("--teacher-weight needs --teacher MODEL_DIR")
+        teacher = soften(cached_teacher_probabilities(cfg.teacher, faces, run), cfg.temperature)
     targets = mix_targets(labels, teacher, cfg.teacher_weight, ferplus, usable, cfg.ferplus_weight)
     agree = float((targets.argmax(1) == labels).mean())
     stats = {"n": int(len(labels)), "argmax_agrees_with_label": agree,
@@ -148,6 +283,10 @@ def add_cli(sub) -> None:
     p.add_argument("--temperature", type=float, default=2.0, help="teacher temperature T (p**(1/T))")
     p.add_argument("--ferplus-weight", type=float, default=0.2,
                    help="share of the FER+ vote distribution in the target (Training rows only)")
+    p.add_argument("--teacher-views", type=int, default=0, metavar="K",
+                   help="consistent teaching: augment each Training face K times up front, let the teacher label "
+                        "every view and train on those views with their own targets (0: the teacher sees the "
+                        "plain face and the student an online-augmented one)")
     p.set_defaults(func=_cmd_distill)
 
 
@@ -157,7 +296,8 @@ def _cmd_distill(a) -> int:
     if a.teacher is None and a.teacher_weight > 0:
         raise SystemExit("ferlive distill: --teacher MODEL_DIR is required (or --teacher-weight 0)")
     cfg = config_from_args(a, teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
-                           temperature=a.temperature, ferplus_weight=a.ferplus_weight)
+                           temperature=a.temperature, ferplus_weight=a.ferplus_weight,
+                           teacher_views=a.teacher_views)
     try:
         train(cfg)
     except ValueError as e:

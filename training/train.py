@@ -59,6 +59,7 @@ class TrainConfig:
     teacher_weight: float = 0.0
     temperature: float = 1.0              # teacher probabilities p**(1/T), renormalised
     ferplus_weight: float = 0.0
+    teacher_views: int = 0                # consistent teaching: K augmented views labelled by the teacher; 0: off
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -330,12 +331,20 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     data = full.subset(keep)
     x_tr, y_tr = xy(data.split("Training"))
     x_va, y_va = xy(data.split("PublicTest"))
-    if cfg.teacher or cfg.ferplus_weight > 0:
+    online_augment = cfg.augment
+    views = None
+    if cfg.teacher_views:
+        from training.distill import ViewBatches, view_distillation_targets
+        faces, targets = view_distillation_targets(cfg, full, keep, run)
+        views = ViewBatches(faces, targets, cfg.batch_size, cfg.seed)
+        online_augment = AugmentConfig(flip=cfg.augment.flip, rotation=0, zoom=0, shift=0, contrast=0,
+                                       brightness=0, erasing=0)  # the rest is in the views
+    elif cfg.teacher or cfg.ferplus_weight > 0:
         from training.distill import distillation_targets
         y_tr = distillation_targets(cfg, full, keep, run)
     log.info("training on %d faces, validating on %d PublicTest faces", len(x_tr), len(x_va))
 
-    model = create_model(cfg.model, augment=build_augmentation(cfg.augment, cfg.seed))
+    model = create_model(cfg.model, augment=build_augmentation(online_augment, cfg.seed))
     if cfg.init_from and not (run / "backup").exists():  # a resumed run restores its own weights
         load_initial_weights(model, cfg.init_from)
         record_init_source(run, cfg.init_from)
@@ -344,9 +353,13 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
                   metrics=["accuracy"])
     if verbose is None:
         verbose = 1 if (sys.stdout.isatty() or "ipykernel" in sys.modules) else 2
-    history = model.fit(x_tr, y_tr, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                        validation_data=(x_va, y_va), shuffle=True, verbose=verbose,
-                        callbacks=_callbacks(cfg, run, base_lr))
+    if views is not None:
+        history = model.fit(views.keras_dataset(), epochs=cfg.epochs, validation_data=(x_va, y_va),
+                            verbose=verbose, callbacks=[views.epoch_callback()] + _callbacks(cfg, run, base_lr))
+    else:
+        history = model.fit(x_tr, y_tr, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                            validation_data=(x_va, y_va), shuffle=True, verbose=verbose,
+                            callbacks=_callbacks(cfg, run, base_lr))
     model.save(run / LAST_MODEL)
     return history
 

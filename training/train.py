@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -337,8 +337,8 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
         from training.distill import ViewBatches, view_distillation_targets
         faces, targets = view_distillation_targets(cfg, full, keep, run)
         views = ViewBatches(faces, targets, cfg.batch_size, cfg.seed)
-        online_augment = AugmentConfig(flip=cfg.augment.flip, rotation=0, zoom=0, shift=0, contrast=0,
-                                       brightness=0, erasing=0)  # the rest is in the views
+        online_augment = replace(cfg.augment, rotation=0, zoom=0, shift=0, contrast=0, brightness=0,
+                                 erasing=0)  # only the flip stays online: the rest is in the views
     elif cfg.teacher or cfg.ferplus_weight > 0:
         from training.distill import distillation_targets
         y_tr = distillation_targets(cfg, full, keep, run)

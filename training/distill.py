@@ -99,22 +99,30 @@ def _teacher_key(model_dir: Path, faces: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def _cached_probs(cache: Path, key: str, shape: tuple[int, ...], compute) -> np.ndarray:
+    """compute() -> probabilities of `shape`, stored as float16 in `cache` (an .npz) under `key`; a cache made
+    for another key or shape is recomputed. Returns float32, the same values whether computed or loaded."""
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key and z["probs"].shape == shape:
+                return z["probs"].astype(np.float32)
+        log.warning("%s was made by another teacher or for other faces; recomputing", cache)
+    probs = np.asarray(compute(), np.float16)
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez_compressed(tmp, probs=probs, key=np.array(key))
+    tmp.replace(cache)
+    return probs.astype(np.float32)
+
+
 def cached_teacher_probabilities(model_dir: str | Path, faces: np.ndarray, run: Path) -> np.ndarray:
     """teacher_probabilities, cached in run/teacher_targets.npz keyed by the teacher's files and the faces."""
     model_dir = Path(model_dir)
-    key = _teacher_key(model_dir, faces)
-    cache = run / TEACHER_CACHE
-    if cache.is_file():
-        with np.load(cache) as z:
-            if str(z["key"]) == key and z["probs"].shape == (len(faces), NUM_CLASSES):
-                return z["probs"].astype(np.float32)
-        log.warning("%s was made by another teacher or for other faces; recomputing", cache)
-    log.info("teacher %s on %d Training faces ...", model_dir, len(faces))
-    probs = teacher_probabilities(model_dir, faces)
-    tmp = run / (TEACHER_CACHE + ".tmp.npz")
-    np.savez_compressed(tmp, probs=probs.astype(np.float16), key=np.array(key))
-    tmp.replace(cache)
-    return probs.astype(np.float16).astype(np.float32)
+
+    def compute():
+        log.info("teacher %s on %d Training faces ...", model_dir, len(faces))
+        return teacher_probabilities(model_dir, faces)
+
+    return _cached_probs(run / TEACHER_CACHE, _teacher_key(model_dir, faces), (len(faces), NUM_CLASSES), compute)
 
 
 def augmented_views(faces: np.ndarray, augment, k: int, seed: int, batch: int = 2048) -> np.ndarray:
@@ -147,21 +155,16 @@ def cached_teacher_view_probabilities(model_dir: str | Path, views: np.ndarray, 
     model_dir = Path(model_dir)
     h = hashlib.sha1(_teacher_key(model_dir, views[0]).encode())
     h.update(np.ascontiguousarray(views).tobytes())
-    key = h.hexdigest()[:16]
-    cache = run / VIEWS_CACHE
-    if cache.is_file():
-        with np.load(cache) as z:
-            if str(z["key"]) == key and z["probs"].shape == views.shape[:2] + (NUM_CLASSES,):
-                return z["probs"].astype(np.float32)
-        log.warning("%s was made by another teacher or for other views; recomputing", cache)
-    probs = np.empty(views.shape[:2] + (NUM_CLASSES,), np.float16)
-    for v in range(len(views)):
-        log.info("teacher %s on view %d/%d of %d Training faces ...", model_dir, v + 1, len(views), views.shape[1])
-        probs[v] = teacher_probabilities(model_dir, views[v], threads=threads)
-    tmp = run / (VIEWS_CACHE + ".tmp.npz")
-    np.savez_compressed(tmp, probs=probs, key=np.array(key))
-    tmp.replace(cache)
-    return probs.astype(np.float32)
+
+    def compute():
+        probs = np.empty(views.shape[:2] + (NUM_CLASSES,), np.float16)
+        for v in range(len(views)):
+            log.info("teacher %s on view %d/%d of %d Training faces ...", model_dir, v + 1, len(views),
+                     views.shape[1])
+            probs[v] = teacher_probabilities(model_dir, views[v], threads=threads)
+        return probs
+
+    return _cached_probs(run / VIEWS_CACHE, h.hexdigest()[:16], views.shape[:2] + (NUM_CLASSES,), compute)
 
 
 class ViewBatches:

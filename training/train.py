@@ -329,20 +329,24 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     full = load_fer2013(cfg.data)
     keep = per_class_index(full, cfg.per_class, cfg.seed)
     data = full.subset(keep)
-    x_tr, y_tr = xy(data.split("Training"))
     x_va, y_va = xy(data.split("PublicTest"))
     online_augment = cfg.augment
-    views = None
-    if cfg.teacher_views:
+    extra_callbacks = []
+    if cfg.teacher_views:  # the faces come as views, batched with their own targets
         from training.distill import ViewBatches, view_distillation_targets
-        faces, targets = view_distillation_targets(cfg, full, keep, run)
-        views = ViewBatches(faces, targets, cfg.batch_size, cfg.seed)
+        views = ViewBatches(*view_distillation_targets(cfg, full, keep, run), cfg.batch_size, cfg.seed)
+        fit_data = {"x": views.keras_dataset()}
+        extra_callbacks.append(views.epoch_callback())
         online_augment = replace(cfg.augment, rotation=0, zoom=0, shift=0, contrast=0, brightness=0,
                                  erasing=0)  # only the flip stays online: the rest is in the views
-    elif cfg.teacher or cfg.ferplus_weight > 0:
-        from training.distill import distillation_targets
-        y_tr = distillation_targets(cfg, full, keep, run)
-    log.info("training on %d faces, validating on %d PublicTest faces", len(x_tr), len(x_va))
+    else:
+        x_tr, y_tr = xy(data.split("Training"))
+        if cfg.teacher or cfg.ferplus_weight > 0:
+            from training.distill import distillation_targets
+            y_tr = distillation_targets(cfg, full, keep, run)
+        fit_data = {"x": x_tr, "y": y_tr, "batch_size": cfg.batch_size, "shuffle": True}
+    log.info("training on %d faces, validating on %d PublicTest faces", int((data.splits == "Training").sum()),
+             len(x_va))
 
     model = create_model(cfg.model, augment=build_augmentation(online_augment, cfg.seed))
     if cfg.init_from and not (run / "backup").exists():  # a resumed run restores its own weights
@@ -353,13 +357,8 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
                   metrics=["accuracy"])
     if verbose is None:
         verbose = 1 if (sys.stdout.isatty() or "ipykernel" in sys.modules) else 2
-    if views is not None:
-        history = model.fit(views.keras_dataset(), epochs=cfg.epochs, validation_data=(x_va, y_va),
-                            verbose=verbose, callbacks=[views.epoch_callback()] + _callbacks(cfg, run, base_lr))
-    else:
-        history = model.fit(x_tr, y_tr, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                            validation_data=(x_va, y_va), shuffle=True, verbose=verbose,
-                            callbacks=_callbacks(cfg, run, base_lr))
+    history = model.fit(**fit_data, epochs=cfg.epochs, validation_data=(x_va, y_va), verbose=verbose,
+                        callbacks=extra_callbacks + _callbacks(cfg, run, base_lr))
     model.save(run / LAST_MODEL)
     return history
 

@@ -229,6 +229,51 @@ def test_view_batches_cover_every_face_once_with_its_own_views_targets():
         ViewBatches(views, targets[:, :10], 16, 0)
 
 
+def test_mixed_views_blend_each_face_with_a_seeded_partner(fer_zip_data):
+    from training.distill import mixed_views
+
+    views = np.stack([fer_zip_data.faces[:40], fer_zip_data.faces[40:80]])
+    mixed, partner, lam = mixed_views(views, 0.5, seed=2)
+    assert mixed.shape == views.shape and mixed.dtype == np.uint8
+    assert partner.shape == lam.shape == (2, 40)
+    for v in range(2):
+        assert sorted(partner[v].tolist()) == list(range(40))  # every face is some face's partner once
+        want = lam[v][:, None, None] * views[v] + (1 - lam[v][:, None, None]) * views[v, partner[v]]
+        assert np.abs(mixed[v].astype(np.float32) - want).max() <= 0.5 + 1e-3  # the blend, rounded
+    assert (lam >= 0.5).all() and (lam <= 1).all() and lam.std() > 0.05  # face i stays the main one
+    assert not (partner[0] == partner[1]).all()  # each view pairs the faces anew
+    again = mixed_views(views, 0.5, seed=2)
+    assert (again[0] == mixed).all() and (again[1] == partner).all()  # seeded: a resumed run gets the same
+    assert not (mixed_views(views, 0.5, seed=3)[0] == mixed).all()
+    with pytest.raises(ValueError, match="teacher-mixup"):
+        mixed_views(views, 0.0, seed=2)
+
+
+def test_view_targets_mix_the_label_share_like_the_images():
+    from training.distill import view_targets
+
+    rng = np.random.default_rng(0)
+    k, n = 3, 20
+    labels = rng.integers(0, NUM_CLASSES, n)
+    teacher = rng.dirichlet(np.ones(NUM_CLASSES), (k, n)).astype(np.float32)
+    votes = rng.dirichlet(np.ones(NUM_CLASSES), n).astype(np.float32)
+    usable = rng.random(n) > 0.3
+    plain = view_targets(teacher, labels, 0.6, votes, usable, 0.2)
+    for v in range(k):  # plain views: exactly mix_targets with that view's teacher distribution
+        assert np.allclose(plain[v], mix_targets(labels, teacher[v], 0.6, votes, usable, 0.2), atol=1e-6)
+    partner = np.stack([rng.permutation(n) for _ in range(k)])
+    lam = rng.uniform(0.5, 1.0, (k, n)).astype(np.float32)
+    mixed = view_targets(teacher, labels, 0.6, votes, usable, 0.2, partner, lam)
+    assert np.allclose(mixed.sum(axis=2), 1, atol=1e-5)
+    rest = mix_targets(labels, None, 0.0, votes, usable, 0.2 / 0.4)  # label + FER+ share of one face
+    v, i = 1, 7
+    want = 0.6 * teacher[v, i] + 0.4 * (lam[v, i] * rest[i] + (1 - lam[v, i]) * rest[partner[v, i]])
+    assert np.allclose(mixed[v, i], want, atol=1e-6)
+    assert np.allclose(view_targets(teacher, labels, 1.0, None, None, 0.0, partner, lam), teacher)  # all teacher
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        view_targets(teacher, labels, 0.9, votes, usable, 0.2)
+
+
 def test_consistent_teaching_trains_on_the_teachers_views_and_caches_them(images_zip, tmp_path):
     from shared.model import DEFAULT_MODEL_DIR
     from training.augment import AugmentConfig
@@ -249,6 +294,20 @@ def test_consistent_teaching_trains_on_the_teachers_views_and_caches_them(images
     assert probs.shape == (2, 7 * 20, NUM_CLASSES) and np.allclose(probs.sum(axis=2), 1, atol=0.02)
     assert np.abs(probs[0] - probs[1]).max() > 0.05  # the teacher's word differs between the views
     assert json.loads((run / "config.json").read_text())["teacher_views"] == 2
+    # function matching: the same views blended with partners; the teacher labels the blends
+    from dataclasses import replace
+    mix_run = tmp_path / "mix"
+    train(replace(cfg, run_dir=str(mix_run), epochs=1, teacher_mixup=0.5), verbose=0)
+    stats = json.loads((mix_run / "targets.json").read_text())
+    assert stats["mixup_alpha"] == 0.5 and 0.5 < stats["mean_mixup_lambda"] < 1
+    with np.load(mix_run / VIEWS_CACHE) as z:
+        mixed_probs = z["probs"].astype(np.float32)
+    assert mixed_probs.shape == probs.shape and np.abs(mixed_probs - probs).max() > 0.05
     with pytest.raises(ValueError, match="--teacher"):
         train(TrainConfig(model="tiny_cnn", data=str(images_zip), run_dir=str(tmp_path / "no_teacher"), epochs=1,
                           per_class=5, ferplus_weight=0.2, teacher_views=2), verbose=0)
+    with pytest.raises(ValueError, match="needs --teacher-views"):
+        train(TrainConfig(model="tiny_cnn", data=str(images_zip), run_dir=str(tmp_path / "no_views"), epochs=1,
+                          per_class=5, teacher=str(DEFAULT_MODEL_DIR), teacher_weight=0.5, teacher_mixup=0.5),
+              verbose=0)
+    assert not (tmp_path / "no_views").exists()  # refused before the run folder is made

@@ -18,7 +18,13 @@ augmentation layers: rotation, zoom, shift, contrast, brightness, erasing), the 
 and each epoch the student trains on one randomly chosen view of each face with the targets made from that
 very view; only the mirror flip stays online (the flip-averaged teacher is symmetric, so its target holds
 for the mirrored view too). The teacher's probabilities on all views are cached (`teacher_views.npz`),
-keyed by the views' bytes. Everything else — schedule, checkpoints chosen on
+keyed by the views' bytes.
+
+Function matching (`--teacher-mixup ALPHA`, with `--teacher-views`): every view is also blended with the same
+view of a seeded random partner face (mixup, lam ~ Beta(ALPHA, ALPHA) folded to >= 0.5), so the teacher is asked
+about images between faces and the student learns its function there too (Beyer et al. 2022, "Knowledge
+distillation: a good teacher is patient and consistent"); the label and FER+ shares mix with the same lam.
+Everything else — schedule, checkpoints chosen on
 PublicTest, resume after a kill, timing — is `ferlive train`'s."""
 from __future__ import annotations
 
@@ -76,12 +82,17 @@ def mix_targets(labels: np.ndarray, teacher: np.ndarray | None = None, teacher_w
 
 
 def teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool | None = None,
-                          threads: int = 2) -> np.ndarray:
+                          threads: int | None = None) -> np.ndarray:
     """The teacher's (N,7) probabilities on uint8 faces: its int8 TFLite form (ai-edge-litert), averaged
-    with the mirrored face unless its card says flip averaging is already inside the model."""
+    with the mirrored face unless its card says flip averaging is already inside the model. threads: the
+    interpreter's threads (None: the cores this process may run on, at most 4)."""
+    import os
+
     from shared.model import FacialExpressionModel
     from training.evaluate import predict_all, with_flip_tta
 
+    if threads is None:
+        threads = min(4, len(os.sched_getaffinity(0)))
     model = FacialExpressionModel(model_dir, precision="int8", num_threads=threads)
     if flip is None:
         flip = not model.card.get("flip_tta", False)
@@ -148,8 +159,29 @@ def augmented_views(faces: np.ndarray, augment, k: int, seed: int, batch: int = 
     return out
 
 
+def mixed_views(views: np.ndarray, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mixup of uint8 (k,N,48,48) views: view v of face i becomes lam*x[v,i] + (1-lam)*x[v,partner], with a
+    seeded random partner per view and lam ~ Beta(alpha, alpha) folded to [0.5, 1] (face i stays the main one).
+    Returns (mixed uint8 views, partner int (k,N), lam float32 (k,N)); the same call gives the same mixes."""
+    if alpha <= 0:
+        raise ValueError(f"--teacher-mixup must be > 0, got {alpha}")
+    k, n = views.shape[:2]
+    out = np.empty_like(views)
+    partner = np.empty((k, n), np.int64)
+    lam = np.empty((k, n), np.float32)
+    for v in range(k):
+        rng = np.random.default_rng([seed, 7, v])
+        partner[v] = rng.permutation(n)
+        b = rng.beta(alpha, alpha, n).astype(np.float32)
+        lam[v] = np.maximum(b, 1.0 - b)
+        w = lam[v][:, None, None]
+        mix = w * views[v].astype(np.float32) + (1.0 - w) * views[v, partner[v]].astype(np.float32)
+        out[v] = np.clip(np.rint(mix), 0, 255).astype(np.uint8)
+    return out, partner, lam
+
+
 def cached_teacher_view_probabilities(model_dir: str | Path, views: np.ndarray, run: Path,
-                                      threads: int = 2) -> np.ndarray:
+                                      threads: int | None = None) -> np.ndarray:
     """float32 (k,N,7): the teacher on every view, cached in run/teacher_views.npz keyed by the teacher's
     files and a digest of all the views (so views made differently are never paired with stale targets)."""
     model_dir = Path(model_dir)
@@ -233,19 +265,45 @@ def _labels_and_votes(cfg, full: FerData, keep: np.ndarray):
     return data.faces[train_rows], data.labels[train_rows], ferplus, usable
 
 
+def view_targets(teacher: np.ndarray, labels: np.ndarray, teacher_weight: float, ferplus: np.ndarray | None,
+                 ferplus_usable: np.ndarray | None, ferplus_weight: float, partner: np.ndarray | None = None,
+                 lam: np.ndarray | None = None) -> np.ndarray:
+    """float32 (k,N,7) targets for k views from the teacher's (k,N,7) distributions on them: like mix_targets per
+    view, except that for a mixup view (face i blended with partner[v,i], weight lam[v,i]) the label and FER+
+    share is lam * face i's + (1 - lam) * the partner's. partner/lam None: plain views."""
+    k, n = teacher.shape[:2]
+    w_t, w_f = teacher_weight, ferplus_weight
+    if not (0 <= w_t and 0 <= w_f and w_t + w_f <= 1):
+        raise ValueError(f"weights must be >= 0 and sum to at most 1: teacher {w_t}, ferplus {w_f}")
+    if partner is None:
+        partner, lam = np.broadcast_to(np.arange(n), (k, n)), np.ones((k, n), np.float32)
+    # the label and FER+ share of one face's target: mix_targets without the teacher, renormalised
+    rest = (mix_targets(labels, None, 0.0, ferplus, ferplus_usable, w_f / (1.0 - w_t)) if w_t < 1
+            else np.zeros((n, NUM_CLASSES), np.float32))
+    lam3 = np.asarray(lam, np.float32)[..., None]
+    return (w_t * teacher + (1.0 - w_t) * (lam3 * rest[None] + (1.0 - lam3) * rest[partner])).astype(np.float32)
+
+
 def view_distillation_targets(cfg, full: FerData, keep: np.ndarray, run: Path) -> tuple[np.ndarray, np.ndarray]:
     """Consistent teaching: (views uint8 (k,N,48,48), targets float32 (k,N,7)) for the Training rows of
-    full.subset(keep); targets mix like `distillation_targets`, with the teacher's word on each view."""
+    full.subset(keep); targets mix like `distillation_targets`, with the teacher's word on each view. With
+    cfg.teacher_mixup the views are mixups of two faces and the label/FER+ share mixes with the same weight."""
     if not cfg.teacher or cfg.teacher_weight <= 0:
         raise ValueError("--teacher-views needs --teacher MODEL_DIR and a --teacher-weight above 0")
     if cfg.augment is None:
         raise ValueError("--teacher-views augments the faces; it cannot be combined with --no-augment")
+    w_t, w_f = cfg.teacher_weight, cfg.ferplus_weight
     faces, labels, ferplus, usable = _labels_and_votes(cfg, full, keep)
     views = augmented_views(faces, cfg.augment, cfg.teacher_views, cfg.seed)
+    n = len(labels)
+    partner = lam = None
+    if cfg.teacher_mixup > 0:
+        views, partner, lam = mixed_views(views, cfg.teacher_mixup, cfg.seed)
     probs = cached_teacher_view_probabilities(cfg.teacher, views, run)
-    targets = np.stack([mix_targets(labels, soften(p, cfg.temperature), cfg.teacher_weight, ferplus, usable,
-                                    cfg.ferplus_weight) for p in probs])
-    stats = {"n": int(len(labels)), "views": int(len(views)),
+    targets = view_targets(soften(probs.reshape(-1, NUM_CLASSES), cfg.temperature).reshape(probs.shape),
+                           labels, w_t, ferplus, usable, w_f, partner, lam)
+    stats = {"n": int(n), "views": int(len(views)), "mixup_alpha": cfg.teacher_mixup,
+             "mean_mixup_lambda": None if lam is None else float(lam.mean()),
              "argmax_agrees_with_label": float((targets.argmax(2) == labels).mean()),
              "teacher_agrees_with_label": float((probs.argmax(2) == labels).mean()),
              "teacher_mean_top_probability": float(probs.max(2).mean()),
@@ -290,6 +348,9 @@ def add_cli(sub) -> None:
                    help="consistent teaching: augment each Training face K times up front, let the teacher label "
                         "every view and train on those views with their own targets (0: the teacher sees the "
                         "plain face and the student an online-augmented one)")
+    p.add_argument("--teacher-mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="function matching (with --teacher-views): blend every view with a random partner face, "
+                        "lam ~ Beta(ALPHA, ALPHA), and let the teacher label the blend (0: off)")
     p.set_defaults(func=_cmd_distill)
 
 
@@ -300,7 +361,7 @@ def _cmd_distill(a) -> int:
         raise SystemExit("ferlive distill: --teacher MODEL_DIR is required (or --teacher-weight 0)")
     cfg = config_from_args(a, teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
                            temperature=a.temperature, ferplus_weight=a.ferplus_weight,
-                           teacher_views=a.teacher_views)
+                           teacher_views=a.teacher_views, teacher_mixup=a.teacher_mixup)
     try:
         train(cfg)
     except ValueError as e:

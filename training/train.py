@@ -60,6 +60,7 @@ class TrainConfig:
     temperature: float = 1.0              # teacher probabilities p**(1/T), renormalised
     ferplus_weight: float = 0.0
     teacher_views: int = 0                # consistent teaching: K augmented views labelled by the teacher; 0: off
+    teacher_mixup: float = 0.0            # function matching: mixup alpha of the views (needs teacher_views); 0: off
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -305,6 +306,8 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
 
     if cfg.model not in MODELS:  # before the run folder exists, so a typo leaves nothing behind
         raise ValueError(f"unknown model {cfg.model!r}; registered: {', '.join(sorted(MODELS))}")
+    if cfg.teacher_mixup and not cfg.teacher_views:
+        raise ValueError("--teacher-mixup blends the teacher's views: it needs --teacher-views K")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg_file = run / CONFIG

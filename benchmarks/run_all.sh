@@ -12,10 +12,11 @@ run() { echo "== $*"; "$@"; }
 run "$PY" benchmarks/inference.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --batches 1,16 --repeats 30 --out "$OUT/inference.json"
 # the students and candidates with this CPU's kernels and with an AVX2-only CPU's (AVX-512/VNNI masked)
 for isa in native avx2; do
-  run "$PY" benchmarks/inference.py --isa $isa --models vgg_small,vgg_medium,vgg_lite,xception_wide,mini_xception,vgg_small_deep,vgg_small_late,vgg_small_deep96,vgg_small_mid96,vgg_small_flat96 \
+  run "$PY" benchmarks/inference.py --isa $isa --models vgg_small,vgg_medium,vgg_lite,xception_wide,mini_xception,vgg_small_deep,vgg_small_late,vgg_small_deep96,vgg_small_mid96,vgg_small_flat96,vgg_small_s2d \
       --batches 1 --repeats 200 --model-dir models/vgg_small_distilled --model-dir models/vgg_medium_distilled --model-dir models/vgg_small_mid96_distilled \
       --out "$OUT/inference_isa_$isa.json"
 done
+run "$PY" benchmarks/stages.py --isa avx2 --models vgg_small_mid96,vgg_small_s2d --out "$OUT/stages_avx2.json"
 run "$PY" benchmarks/train_throughput.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --steps 20 --repeats 3 --out "$OUT/train_throughput.json"
 run "$PY" benchmarks/pipeline.py --seconds 8 --workers 1 2 --model-dir "$MODEL" --json "$OUT/pipeline.json"
 run "$PY" benchmarks/detector.py --model-dir "$MODEL" --faces 3589 --out "$OUT/detector.json"

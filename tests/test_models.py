@@ -117,3 +117,16 @@ def test_vgg_lite_head_keeps_the_map_or_averages_it():
     from training.models import vgg_lite
     with pytest.raises(ValueError, match="head"):
         vgg_lite(head="max")
+
+
+def test_space_to_depth_stem_keeps_every_pixel_of_each_2x2_block():
+    model = create_model("vgg_small_s2d")
+    stem = keras.Model(model.input, model.get_layer("s2d").output)
+    x = np.arange(48 * 48, dtype=np.float32).reshape(1, 48, 48, 1)
+    out = np.asarray(stem(x))[0]
+    assert out.shape == (24, 24, 4)
+    for r, c in [(0, 0), (5, 17), (23, 23)]:  # channel order: the block's pixels row by row
+        np.testing.assert_array_equal(out[r, c], x[0, 2 * r:2 * r + 2, 2 * c:2 * c + 2, 0].ravel())
+    with pytest.raises(ValueError, match="stem"):
+        from training.models import vgg_lite
+        vgg_lite(stem="strided")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -295,7 +296,6 @@ def test_consistent_teaching_trains_on_the_teachers_views_and_caches_them(images
     assert np.abs(probs[0] - probs[1]).max() > 0.05  # the teacher's word differs between the views
     assert json.loads((run / "config.json").read_text())["teacher_views"] == 2
     # function matching: the same views blended with partners; the teacher labels the blends
-    from dataclasses import replace
     mix_run = tmp_path / "mix"
     train(replace(cfg, run_dir=str(mix_run), epochs=1, teacher_mixup=0.5), verbose=0)
     stats = json.loads((mix_run / "targets.json").read_text())

@@ -91,8 +91,9 @@ def teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool |
     from shared.model import FacialExpressionModel
     from training.evaluate import predict_all, with_flip_tta
 
-    if threads is None:
-        threads = min(4, len(os.sched_getaffinity(0)))
+    if threads is None:  # sched_getaffinity is Linux-only; elsewhere all the cores count
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = min(4, cores)
     model = FacialExpressionModel(model_dir, precision="int8", num_threads=threads)
     if flip is None:
         flip = not model.card.get("flip_tta", False)

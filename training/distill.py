@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,6 @@ def teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool |
     """The teacher's (N,7) probabilities on uint8 faces: its int8 TFLite form (ai-edge-litert), averaged
     with the mirrored face unless its card says flip averaging is already inside the model. threads: the
     interpreter's threads (None: the cores this process may run on, at most 4)."""
-    import os
-
     from shared.model import FacialExpressionModel
     from training.evaluate import predict_all, with_flip_tta
 
@@ -293,17 +292,15 @@ def view_distillation_targets(cfg, full: FerData, keep: np.ndarray, run: Path) -
         raise ValueError("--teacher-views needs --teacher MODEL_DIR and a --teacher-weight above 0")
     if cfg.augment is None:
         raise ValueError("--teacher-views augments the faces; it cannot be combined with --no-augment")
-    w_t, w_f = cfg.teacher_weight, cfg.ferplus_weight
     faces, labels, ferplus, usable = _labels_and_votes(cfg, full, keep)
     views = augmented_views(faces, cfg.augment, cfg.teacher_views, cfg.seed)
-    n = len(labels)
     partner = lam = None
     if cfg.teacher_mixup > 0:
         views, partner, lam = mixed_views(views, cfg.teacher_mixup, cfg.seed)
     probs = cached_teacher_view_probabilities(cfg.teacher, views, run)
     targets = view_targets(soften(probs.reshape(-1, NUM_CLASSES), cfg.temperature).reshape(probs.shape),
-                           labels, w_t, ferplus, usable, w_f, partner, lam)
-    stats = {"n": int(n), "views": int(len(views)), "mixup_alpha": cfg.teacher_mixup,
+                           labels, cfg.teacher_weight, ferplus, usable, cfg.ferplus_weight, partner, lam)
+    stats = {"n": int(len(labels)), "views": int(len(views)), "mixup_alpha": cfg.teacher_mixup,
              "mean_mixup_lambda": None if lam is None else float(lam.mean()),
              "argmax_agrees_with_label": float((targets.argmax(2) == labels).mean()),
              "teacher_agrees_with_label": float((probs.argmax(2) == labels).mean()),

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "training.export",
     "training.predict",
     "training.analyze",
+    "training.pack",
 )
 
 

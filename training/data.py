@@ -1,10 +1,14 @@
 """FER2013 readers: Kaggle CSV (and its train.csv/test.csv and icml_face_data.csv variants),
-the image-folder tree, or a zip of that tree. All give a `FerData`; decoded data is cached."""
+the image-folder tree, a zip of that tree, or a packed copy (`ferlive pack-data`: decoded faces with their
+zip paths and FER+ votes, xz-compressed, for a machine the zip cannot travel to). All give a `FerData`;
+decoded data is cached."""
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
+import lzma
 import os
 import shutil
 import zipfile
@@ -192,6 +196,63 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FERLIVE_CACHE", Path.home() / ".cache" / "ferlive"))
 
 
+PACKED_SUFFIX = ".npz.xz"
+
+
+def is_packed(path: str | Path) -> bool:
+    return str(path).lower().endswith(PACKED_SUFFIX)
+
+
+def write_packed(data: FerData, paths: list[str], out: str | Path, votes: np.ndarray | None = None,
+                 votes_matched: np.ndarray | None = None) -> Path:
+    """Write `data` (with each row's zip path, and optionally its FER+ vote counts (N,10) and the mask of rows FER+
+    has votes for) as one xz-compressed
+    .npz. Faces are stored as differences along each image row (uint8, wrapping), which xz packs ~25% smaller
+    than the pixels themselves. Returns the path written (atomically)."""
+    out = Path(out)
+    if not is_packed(out):
+        raise DataError(f"{out}: a packed copy is named *{PACKED_SUFFIX}")
+    if len(paths) != len(data):
+        raise ValueError(f"{len(paths)} paths for {len(data)} rows")
+    delta = np.diff(data.faces, axis=2, prepend=np.uint8(0))  # uint8 arithmetic wraps: exactly invertible
+    arrays = {"faces_row_delta": delta, "labels": data.labels, "splits": data.splits.astype("U11"),
+              "paths": np.asarray(paths, dtype="U")}
+    if votes is not None:
+        arrays["ferplus_votes"] = np.asarray(votes, np.int32)
+        arrays["ferplus_matched"] = (np.asarray(votes_matched, bool) if votes_matched is not None
+                                     else arrays["ferplus_votes"].sum(axis=1) > 0)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    tmp = out.with_name(out.name + ".tmp")
+    with lzma.open(tmp, "wb", preset=6) as f:
+        f.write(buf.getvalue())
+    tmp.replace(out)
+    return out
+
+
+def read_packed_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a packed copy (faces decoded back to pixels)."""
+    path = Path(path)
+    try:
+        with lzma.open(path, "rb") as f, np.load(io.BytesIO(f.read()), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (lzma.LZMAError, OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: not a readable packed FER2013 copy ({e})") from e
+    missing = {"faces_row_delta", "labels", "splits", "paths"} - set(arrays)
+    if missing:
+        raise DataError(f"{path}: packed copy lacks {sorted(missing)}")
+    arrays["faces"] = np.cumsum(arrays.pop("faces_row_delta"), axis=2, dtype=np.uint8)
+    return arrays
+
+
+def read_packed(path: str | Path) -> FerData:
+    a = read_packed_arrays(path)
+    try:
+        return FerData(a["faces"], a["labels"].astype(np.int64), a["splits"].astype(str))
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from e
+
+
 def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerData:
     """Load FER2013 from a CSV, a folder tree or a zip (default: ../shared's zip), caching the decoded
     arrays as .npy under FERLIVE_CACHE (~/.cache/ferlive) keyed by path, size and mtime."""
@@ -202,10 +263,12 @@ def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerData:
         reader = read_folder
     elif path.suffix.lower() == ".zip":
         reader = read_zip
+    elif is_packed(path):
+        reader = read_packed
     elif path.suffix.lower() == ".csv":
         reader = read_csv
     else:
-        raise DataError(f"{path}: expected a .csv, a .zip or a folder")
+        raise DataError(f"{path}: expected a .csv, a .zip, a *{PACKED_SUFFIX} or a folder")
     if not cache or path.is_dir():
         return reader(path)
     st = path.stat()

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 TEACHER_CACHE = "teacher_targets.npz"
 VIEWS_CACHE = "teacher_views.npz"
+WEIGHT_EPS = 1e-9  # 0.9 + 0.1 is 1.0000000000000002 in floating point: still a whole target
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -60,14 +61,14 @@ def mix_targets(labels: np.ndarray, teacher: np.ndarray | None = None, teacher_w
     distributions (rows without usable votes give that weight to the label). Each row sums to 1."""
     labels = np.asarray(labels, np.int64)
     n = len(labels)
-    if not (0 <= teacher_weight and 0 <= ferplus_weight and teacher_weight + ferplus_weight <= 1):
+    if not (0 <= teacher_weight and 0 <= ferplus_weight and teacher_weight + ferplus_weight <= 1 + WEIGHT_EPS):
         raise ValueError(f"weights must be >= 0 and sum to at most 1: teacher {teacher_weight}, "
                          f"ferplus {ferplus_weight}")
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= NUM_CLASSES:
         raise ValueError("labels must be FER2013 codes 0-6")
     onehot = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
     out = np.zeros((n, NUM_CLASSES), np.float32)
-    w_label = np.full((n, 1), 1.0 - teacher_weight - ferplus_weight, np.float32)
+    w_label = np.full((n, 1), max(0.0, 1.0 - teacher_weight - ferplus_weight), np.float32)
     if teacher_weight > 0:
         if teacher is None or teacher.shape != (n, NUM_CLASSES):
             raise ValueError(f"teacher targets must be ({n},{NUM_CLASSES})")
@@ -82,13 +83,51 @@ def mix_targets(labels: np.ndarray, teacher: np.ndarray | None = None, teacher_w
     return out / out.sum(axis=1, keepdims=True)
 
 
+def is_keras_teacher(model_dir: str | Path) -> bool:
+    """A model directory with the Keras files but no int8 TFLite form (`ferlive export --keras-only`, written
+    where TensorFlow is absent, e.g. on a lent GPU): the teacher runs in Keras, on whatever Keras runs on."""
+    from shared.model import MODEL_JSON, TFLITE_FILES
+
+    d = Path(model_dir)
+    return not (d / TFLITE_FILES["int8"]).is_file() and (d / MODEL_JSON).is_file()
+
+
+KERAS_TEACHER_BATCH = 1024
+
+
+def keras_teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool | None = None) -> np.ndarray:
+    """The (N,7) probabilities of a Keras-only teacher directory on uint8 faces, through Keras's compiled
+    predict (fast on an accelerator), averaged with the mirrored face unless the card says it is baked in."""
+    import keras
+
+    from shared.model import MODEL_JSON, WEIGHTS, read_card
+    from shared.preprocess import to_model_input
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    model = keras.models.model_from_json((model_dir / MODEL_JSON).read_text())
+    model.load_weights(str(model_dir / WEIGHTS))
+    flip = not card.get("flip_tta", False) if flip is None else flip
+    x = to_model_input(np.asarray(faces, np.uint8))
+    probs = model.predict(x, batch_size=KERAS_TEACHER_BATCH, verbose=0)
+    if flip:
+        probs = 0.5 * (probs + model.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=KERAS_TEACHER_BATCH,
+                                             verbose=0))
+    probs = np.asarray(probs, np.float32)
+    return probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+
+
 def teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool | None = None,
                           threads: int | None = None) -> np.ndarray:
     """The teacher's (N,7) probabilities on uint8 faces: its int8 TFLite form (ai-edge-litert), averaged
     with the mirrored face unless its card says flip averaging is already inside the model. threads: the
-    interpreter's threads (None: the cores this process may run on, at most 4)."""
+    interpreter's threads (None: the cores this process may run on, at most 4). A Keras-only directory
+    (`is_keras_teacher`) runs in Keras instead."""
     from shared.model import FacialExpressionModel
     from training.evaluate import predict_all, with_flip_tta
+
+    if is_keras_teacher(model_dir):
+        return keras_teacher_probabilities(model_dir, faces, flip)
 
     if threads is None:  # sched_getaffinity is Linux-only; elsewhere all the cores count
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -102,7 +141,7 @@ def teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool |
 
 def _teacher_key(model_dir: Path, faces: np.ndarray) -> str:
     h = hashlib.sha1()
-    for name in ("card.json", "model_int8.tflite"):
+    for name in ("card.json", "model_int8.tflite") + (("model.weights.h5",) if is_keras_teacher(model_dir) else ()):
         path = model_dir / name
         h.update(path.read_bytes() if path.is_file() else name.encode())
     h.update(np.ascontiguousarray(faces[:64]).tobytes())
@@ -273,12 +312,12 @@ def view_targets(teacher: np.ndarray, labels: np.ndarray, teacher_weight: float,
     share is lam * face i's + (1 - lam) * the partner's. partner/lam None: plain views."""
     k, n = teacher.shape[:2]
     w_t, w_f = teacher_weight, ferplus_weight
-    if not (0 <= w_t and 0 <= w_f and w_t + w_f <= 1):
+    if not (0 <= w_t and 0 <= w_f and w_t + w_f <= 1 + WEIGHT_EPS):
         raise ValueError(f"weights must be >= 0 and sum to at most 1: teacher {w_t}, ferplus {w_f}")
     if partner is None:
         partner, lam = np.broadcast_to(np.arange(n), (k, n)), np.ones((k, n), np.float32)
     # the label and FER+ share of one face's target: mix_targets without the teacher, renormalised
-    rest = (mix_targets(labels, None, 0.0, ferplus, ferplus_usable, w_f / (1.0 - w_t)) if w_t < 1
+    rest = (mix_targets(labels, None, 0.0, ferplus, ferplus_usable, min(1.0, w_f / (1.0 - w_t))) if w_t < 1
             else np.zeros((n, NUM_CLASSES), np.float32))
     lam3 = np.asarray(lam, np.float32)[..., None]
     return (w_t * teacher + (1.0 - w_t) * (lam3 * rest[None] + (1.0 - lam3) * rest[partner])).astype(np.float32)

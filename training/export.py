@@ -300,6 +300,56 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
     return card
 
 
+def export_keras_only(run_dirs: list[str | Path], out_dir: str | Path, data: str | Path | None = None,
+                      flip_tta: bool = False, name: str | None = None) -> dict:
+    """Write a Keras-only model directory (model.json, model.weights.h5, card.json with Keras accuracies on the
+    splits `data` holds) from one or more run directories, without TensorFlow: for a machine that has none
+    (a lent GPU running Keras on JAX). It serves as a distillation teacher there (`ferlive distill --teacher`);
+    `ferlive export` of the same runs, where TensorFlow is, gives the TFLite forms. Returns the card."""
+    import keras
+
+    from training.data import load_fer2013
+
+    models, records = [], []
+    for run in map(Path, run_dirs):
+        m, cfg = load_run(run)
+        models.append(m)
+        records.append(_training_record(run, "best", cfg))
+        data = data if data is not None else cfg.get("data")
+    fer = load_fer2013(data)
+    model = averaged_model(models, flip_tta)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_JSON).write_text(model.to_json())
+    model.save_weights(str(out / WEIGHTS))
+    metrics: dict = {}
+    for split in ("PublicTest", "PrivateTest"):
+        if not (fer.splits == split).any():
+            continue
+        part = fer.split(split)
+        x = to_model_input(part.faces)
+        metrics[split] = {"n": int(len(part)), "keras": {"accuracy": float(np.mean(
+            model.predict(x, batch_size=1024, verbose=0).argmax(1) == part.labels))}}
+        if len(models) > 1:
+            metrics[split]["members_alone"] = [float(np.mean(m.predict(x, batch_size=1024, verbose=0).argmax(1)
+                                                             == part.labels)) for m in models]
+    arch = "+".join(dict.fromkeys(m.name.rsplit("_", 1)[0] if len(models) > 1 else m.name for m in models))
+    card = {"format_version": CARD_VERSION, "name": name or arch, "architecture": arch, "labels": list(EMOTIONS),
+            "input": {"shape": [FACE_SIZE, FACE_SIZE, 1], "color": "gray", "dtype": "float32", "range": [0.0, 1.0],
+                      "preprocess": PREPROCESS},
+            "output": "softmax probabilities (N,7) in the order of `labels` (FER2013 codes)",
+            "flip_tta": flip_tta, "ensemble_members": len(models),
+            "files": {"card": CARD, "keras_json": MODEL_JSON, "keras_weights": WEIGHTS},
+            "keras_only": "no TFLite forms: written without TensorFlow; `ferlive export` of the runs adds them",
+            "parameters": int(model.count_params()),
+            "exported": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "keras": keras.__version__,
+                         "backend": keras.backend.backend()},
+            "training": records[0] if len(records) == 1 else {"ensemble": records},
+            "metrics": metrics}
+    (out / CARD).write_text(json.dumps(card, indent=2))
+    return card
+
+
 def add_cli(sub) -> None:
     p = sub.add_parser("export", help="export a training run to a model directory (JSON, weights, TFLite)",
                        description="Rebuild the run's model, load its best PublicTest checkpoint and write "
@@ -319,6 +369,9 @@ def add_cli(sub) -> None:
     p.add_argument("--name", default=None, help="model name for the card (default: the architecture)")
     p.add_argument("--no-float32-file", action="store_true",
                    help="delete model_float32.tflite after measuring it (the card keeps its metrics)")
+    p.add_argument("--keras-only", action="store_true",
+                   help="write only the Keras files and a card with Keras accuracies, without TensorFlow (a teacher "
+                        "made on a machine without it, e.g. a lent GPU)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -326,6 +379,11 @@ def _cmd_export(a) -> int:
     if len(a.run_dir) > 1 and a.weights != "best":
         log.error("--weights PATH takes one --run-dir; an ensemble uses each run's best checkpoint")
         return 2
+    if a.keras_only:
+        card = export_keras_only(a.run_dir, a.out, data=a.data, flip_tta=a.flip_tta, name=a.name)
+        print(f"exported {card['name']} (Keras only) to {a.out}: " + ", ".join(
+            f"{k} {v['keras']['accuracy']:.4f}" for k, v in card["metrics"].items()))
+        return 0
     try:
         runs = a.run_dir if len(a.run_dir) > 1 else a.run_dir[0]
         card = export_model(runs, a.out, data=a.data, weights=a.weights, flip_tta=a.flip_tta,

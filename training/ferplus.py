@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.labels import EMOTION_TO_CODE, NUM_CLASSES
-from training.data import DEFAULT_DATA, DataError, FerData, zip_image_paths
+from training.data import DEFAULT_DATA, DataError, FerData, is_packed, read_packed_arrays, zip_image_paths
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,14 @@ def read_votes_csv(path: str | Path) -> dict[str, np.ndarray]:
 
 def load_ferplus(zip_path: str | Path | None = None, votes_path: str | Path | None = None) -> FerPlusVotes:
     """The FER+ votes aligned with `load_fer2013(zip_path)` (default: ../shared's zip and votes CSV).
-    Only the image-zip form of FER2013 carries the paths FER+ is keyed by."""
+    Only the image-zip form of FER2013 carries the paths FER+ is keyed by; a packed copy (`ferlive pack-data`)
+    carries the votes themselves."""
     zip_path = Path(zip_path) if zip_path is not None else DEFAULT_DATA
+    if is_packed(zip_path):
+        arrays = read_packed_arrays(zip_path)
+        if "ferplus_votes" not in arrays:
+            raise DataError(f"{zip_path}: packed without FER+ votes")
+        return FerPlusVotes(arrays["ferplus_votes"], arrays["ferplus_matched"].astype(bool))
     if zip_path.suffix.lower() != ".zip":
         raise DataError(f"{zip_path}: FER+ votes join on the image zip's paths; a {zip_path.suffix or 'folder'} "
                         f"source has none")
@@ -144,6 +150,12 @@ def votes_or_none(data_path: str | Path | None) -> FerPlusVotes | None:
     """The FER+ votes for the second metric, or None (logged) when the data is not the image zip FER+ is
     keyed by or the votes file is absent."""
     zip_path = Path(data_path) if data_path is not None else DEFAULT_DATA
+    if is_packed(zip_path):
+        try:
+            return load_ferplus(zip_path)
+        except DataError as e:
+            log.info("FER+ metric skipped: %s", e)
+            return None
     if zip_path.suffix.lower() != ".zip" or not DEFAULT_VOTES.is_file():
         log.info("FER+ metric skipped: needs the image zip and %s", DEFAULT_VOTES)
         return None

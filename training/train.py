@@ -61,6 +61,7 @@ class TrainConfig:
     ferplus_weight: float = 0.0
     teacher_views: int = 0                # consistent teaching: K augmented views labelled by the teacher; 0: off
     teacher_mixup: float = 0.0            # function matching: mixup alpha of the views (needs teacher_views); 0: off
+    time_budget: float | None = None      # seconds this session may train; the schedule shrinks to fit; None: off
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -267,6 +268,37 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
             if epoch < self.params["epochs"] - 1:  # after the last epoch the model keeps the average
                 self.swap.on_epoch_begin(epoch + 1)
 
+    class TimeBudget(keras.callbacks.Callback):
+        """--time-budget: after each epoch, shorten the schedule (its length in epochs) so this session ends
+        within the budget at the pace seen so far (the first, compiling epoch left out); the cosine follows the
+        shortened length from then on. What was fitted goes to time_budget.json."""
+
+        def __init__(self, seconds: float, sched: TrainConfig):
+            super().__init__()
+            self.seconds, self.sched = seconds, sched
+            self.t0 = self.t_prev = 0.0
+            self.durations: list[float] = []
+
+        def on_train_begin(self, logs=None):
+            self.t0 = self.t_prev = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.time()
+            self.durations.append(now - self.t_prev)
+            self.t_prev = now
+            pace = float(np.median(self.durations[1:] or self.durations))
+            fits = epoch + 1 + int(max(0.0, self.seconds - (now - self.t0)) // pace)
+            if fits < self.sched.epochs and (len(self.durations) > 1 or now - self.t0 >= self.seconds):
+                log.info("time budget: %d epochs fit in %.0f s at %.1f s/epoch (planned %d)", fits, self.seconds,
+                         pace, self.sched.epochs)
+                self.sched.epochs = fits
+            _write_json_atomic(run / "time_budget.json", {"seconds": self.seconds, "planned_epochs": cfg.epochs,
+                                                          "scheduled_epochs": self.sched.epochs,
+                                                          "seconds_per_epoch": pace})
+            if epoch + 1 >= self.sched.epochs:
+                self.model.stop_training = True
+
+    sched = replace(cfg)  # the schedule's own copy: --time-budget may shorten it
     best_so_far = None
     hist = run / HISTORY
     if hist.exists():
@@ -283,7 +315,9 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
     if cfg.schedule == "plateau":
         cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-5))
     else:
-        cbs.append(keras.callbacks.LearningRateScheduler(lambda e: lr_at(e, cfg, base_lr)))
+        cbs.append(keras.callbacks.LearningRateScheduler(lambda e: lr_at(e, sched, base_lr)))
+    if cfg.time_budget:
+        cbs.append(TimeBudget(cfg.time_budget, sched))
     cbs.append(LivePlot())
     if cfg.ema is not None:
         # Validation and the best checkpoint see the averaged weights: swapped in for each evaluation
@@ -313,8 +347,8 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     cfg_file = run / CONFIG
     if cfg_file.exists():
         saved = json.loads(cfg_file.read_text())
-        saved_cfg = {k: v for k, v in saved.items() if k not in ("command", "epochs")}
-        mine = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+        saved_cfg = {k: v for k, v in saved.items() if k not in ("command", "epochs", "time_budget")}
+        mine = {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "time_budget")}
         if saved_cfg.get("train") is not None:
             saved_cfg = saved_cfg["train"]
         defaults = TrainConfig().to_dict()  # options added since the run was made take their defaults
@@ -398,6 +432,9 @@ def add_train_arguments(p, label_smoothing: float = 0.1) -> None:
     p.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
                    help="keep an exponential moving average of the weights (e.g. 0.999): validation, the best "
                         "checkpoint and the final model use the averaged weights")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="train for at most about this long in this session: after each epoch the schedule is "
+                        "shortened to the epochs that still fit (for a lent accelerator's minutes)")
 
 
 def config_from_args(a, **extra) -> TrainConfig:
@@ -405,7 +442,8 @@ def config_from_args(a, **extra) -> TrainConfig:
     return TrainConfig(model=a.model, data=a.data, run_dir=a.run_dir, epochs=a.epochs, batch_size=a.batch_size,
                        optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
                        warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, augment=aug,
-                       seed=a.seed, per_class=a.per_class, init_from=a.init_from, ema=a.ema, **extra)
+                       seed=a.seed, per_class=a.per_class, init_from=a.init_from, ema=a.ema,
+                       time_budget=a.time_budget, **extra)
 
 
 def _cmd_train(a) -> int:

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One lent accelerator's session, start to finish, inside a fixed number of seconds:
+#   1. three vgg_wide teachers trained side by side on one GPU (Keras on JAX, --time-budget),
+#   2. their flip-averaged ensemble written as a Keras-only teacher directory (no TensorFlow there),
+#   3. the teacher labels K augmented views of every Training face once (consistent teaching),
+#   4. students distilled side by side from those views (the cache copied into each run), within the rest.
+# The students' best PublicTest checkpoints come back to be exported (int8 TFLite) where TensorFlow is.
+#
+#   bash training/gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]      (see docs/gpu.md)
+#
+# DATA is a `ferlive pack-data` copy (Training + PublicTest: PrivateTest never reaches the GPU).
+# Environment overrides for a dry run on a CPU: PER_CLASS, VIEWS, TEACHER_SHARE, RUNS, STUDENTS.
+set -u
+DATA=${1:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
+OUT=${2:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
+TOTAL=${3:-540}
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+export FERLIVE_CACHE=${FERLIVE_CACHE:-/tmp/ferlive-cache}
+export JAX_DEFAULT_MATMUL_PRECISION=${JAX_DEFAULT_MATMUL_PRECISION:-tensorfloat32}  # TF32 tensor cores for float32 convs
+PY=${PYTHON:-python3}
+R=${RUNS:-runs/gpu}
+K=${VIEWS:-24}
+LIMIT=${PER_CLASS:+--per-class $PER_CLASS}
+START=$SECONDS
+mkdir -p "$R" "$OUT"
+left() { echo $(( TOTAL - (SECONDS - START) )); }
+say() { echo "[$(( SECONDS - START ))s] $*"; }
+
+# 1. teachers: a share of the time (default 42%), minus ~40 s of start-up and compiling per process
+TB=$(( TOTAL * ${TEACHER_SHARE:-42} / 100 - 40 ))
+say "teachers: 3 x vgg_wide, --time-budget $TB s"
+for s in 1 2 3; do
+  "$PY" -m training train --model vgg_wide --data "$DATA" --run-dir "$R/t$s" --seed "$s" --epochs 60 \
+    --batch-size 128 --lr 1e-3 --erasing 0.25 --time-budget "$TB" $LIMIT > "$R/t$s.log" 2>&1 &
+done
+wait
+for s in 1 2 3; do say "t$s: $(tail -n 1 "$R/t$s/history.csv" 2>/dev/null)"; done
+
+# 2. the Keras-only teacher: the three, each also on the mirrored face
+"$PY" -m training export --keras-only --flip-tta --run-dir "$R/t1" "$R/t2" "$R/t3" --out "$R/teacher" \
+  --data "$DATA" > "$R/teacher.log" 2>&1 || { say "teacher export failed"; tail -n 30 "$R/teacher.log"; }
+say "teacher: $(grep -o '"accuracy": [0-9.]*' "$R/teacher/card.json" | head -n 1)"
+
+# 3. one labelling of the views (a zero-epoch distill run), then its cache goes to every student
+COMMON=(--teacher "$R/teacher" --temperature 1 --erasing 0.25 --teacher-views "$K" --batch-size 128 --data "$DATA")
+"$PY" -m training distill --model vgg_small_mid96 --teacher-weight 0.7 --ferplus-weight 0.2 "${COMMON[@]}" \
+  --epochs 0 --run-dir "$R/views" $LIMIT > "$R/views.log" 2>&1 || { say "labelling failed"; tail -n 30 "$R/views.log"; }
+say "views labelled: $(cat "$R/views/targets.json" 2>/dev/null | tr -d '\n ')"
+
+# 4. students side by side, in what is left (minus ~60 s for start-up, compiling and packing)
+SB=$(( $(left) - 60 ))
+say "students, --time-budget $SB s"
+STUDENTS=${STUDENTS:-"mid96:vgg_small_mid96:0.7:0.2 s2d:vgg_small_s2d:0.7:0.2 mid96_t9:vgg_small_mid96:0.9:0.1 s2d_t9:vgg_small_s2d:0.9:0.1"}
+for spec in $STUDENTS; do
+  IFS=: read -r name model tw fw <<< "$spec"
+  mkdir -p "$R/s_$name" && cp "$R/views/teacher_views.npz" "$R/s_$name/" 2>/dev/null
+  "$PY" -m training distill --model "$model" --teacher-weight "$tw" --ferplus-weight "$fw" "${COMMON[@]}" \
+    --epochs 150 --time-budget "$SB" --run-dir "$R/s_$name" $LIMIT > "$R/s_$name.log" 2>&1 &
+done
+wait
+for spec in $STUDENTS; do n=${spec%%:*}; say "s_$n: $(sort -t, -k4 -g "$R/s_$n/history.csv" 2>/dev/null | tail -n 1)"; done
+
+# what comes back: each student run (checkpoint, config, curves, timing), the teachers' records and all logs
+for spec in $STUDENTS; do n=${spec%%:*}
+  tar -czf "$OUT/s_$n.tgz" -C "$R" --exclude teacher_views.npz --exclude backup --exclude last.keras "s_$n" "s_$n.log"
+done
+tar -czf "$OUT/teacher.tgz" -C "$R" --exclude '*.h5' --exclude backup --exclude last.keras t1 t2 t3 teacher \
+  t1.log t2.log t3.log teacher.log views.log views/targets.json
+say "done"

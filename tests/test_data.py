@@ -350,3 +350,53 @@ def test_unknown_file_type_and_missing_path(tmp_path):
 
 def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError)
+
+
+# --- the packed copy (`ferlive pack-data`) -------------------------------------------------------------------
+
+def test_packed_copy_reads_like_the_zip_with_its_paths_and_votes(zip_subset, tmp_path):
+    from training.data import read_packed_arrays, zip_image_paths
+    from training.ferplus import load_ferplus, votes_or_none
+    from training.pack import pack
+
+    path, _, _ = zip_subset
+    out = tmp_path / "fer.npz.xz"
+    summary = pack(path, out, ["Training", "PublicTest"])
+    assert summary["rows"] == 7 * (3 + 2) and summary["ferplus_votes"]
+    full = load_fer2013(path)
+    keep = full.splits != "PrivateTest"
+    back = load_fer2013(out)
+    np.testing.assert_array_equal(back.faces, full.faces[keep])  # every pixel, after the row-delta coding
+    np.testing.assert_array_equal(back.labels, full.labels[keep])
+    np.testing.assert_array_equal(back.splits, full.splits[keep])
+    assert "PrivateTest" not in set(back.splits.tolist())
+    assert read_packed_arrays(out)["paths"].tolist() == np.asarray(zip_image_paths(path))[keep].tolist()
+    votes, packed = load_ferplus(path), load_ferplus(out)
+    np.testing.assert_array_equal(packed.counts, votes.counts[keep])
+    np.testing.assert_array_equal(packed.matched, votes.matched[keep])
+    assert packed.matched.sum() >= 30
+    np.testing.assert_array_equal(packed.training_targets(back)[0], votes.training_targets(full)[0])
+    assert votes_or_none(out) is not None  # the FER+ metric works on it too
+
+
+def test_packed_copy_errors_name_the_file(zip_subset, tmp_path):
+    from training.data import write_packed
+    from training.ferplus import load_ferplus, votes_or_none
+    from training.pack import pack
+
+    path, _, _ = zip_subset
+    bad = tmp_path / "bad.npz.xz"
+    bad.write_bytes(b"not xz at all")
+    with pytest.raises(DataError, match="bad.npz.xz"):
+        load_fer2013(bad, cache=False)
+    data = load_fer2013(path)
+    with pytest.raises(DataError, match=r"\*\.npz\.xz"):
+        write_packed(data, [f"p{i}" for i in range(len(data))], tmp_path / "plain.npz")
+    with pytest.raises(ValueError, match="paths for"):
+        write_packed(data, ["one"], tmp_path / "short.npz.xz")
+    with pytest.raises(ValueError, match="unknown split"):
+        pack(path, tmp_path / "x.npz.xz", ["Validation"])
+    no_votes = write_packed(data, [f"p{i}" for i in range(len(data))], tmp_path / "novotes.npz.xz")
+    with pytest.raises(DataError, match="without FER\\+ votes"):
+        load_ferplus(no_votes)
+    assert votes_or_none(no_votes) is None

@@ -33,6 +33,20 @@ def votes(images_zip):
     return load_ferplus(images_zip)
 
 
+@pytest.fixture(scope="module")
+def zip_subset_for_route(fer_zip_data, images_zip, tmp_path_factory):
+    """A packed copy (`ferlive pack-data`'s format) of 40 Training and 10 PublicTest faces per class."""
+    from training.data import write_packed, zip_image_paths
+
+    votes = load_ferplus(images_zip)
+    keep = np.concatenate([np.flatnonzero((fer_zip_data.splits == split) & (fer_zip_data.labels == c))[:n]
+                           for split, n in (("Training", 40), ("PublicTest", 10)) for c in range(NUM_CLASSES)])
+    keep.sort()
+    paths = np.asarray(zip_image_paths(images_zip))[keep].tolist()
+    out = tmp_path_factory.mktemp("packed") / "route.npz.xz"
+    return write_packed(fer_zip_data.subset(keep), paths, out, votes.counts[keep], votes.matched[keep])
+
+
 # --- FER+ votes ------------------------------------------------------------------------------------------
 
 def test_votes_join_every_matched_row_of_the_zip(fer_zip_data, votes):
@@ -311,3 +325,98 @@ def test_consistent_teaching_trains_on_the_teachers_views_and_caches_them(images
                           per_class=5, teacher=str(DEFAULT_MODEL_DIR), teacher_weight=0.5, teacher_mixup=0.5),
               verbose=0)
     assert not (tmp_path / "no_views").exists()  # refused before the run folder is made
+
+
+def test_teacher_and_ferplus_weights_may_sum_to_one_in_floating_point():
+    """0.9 + 0.1 is 1.0000000000000002: still a whole target, with no share left for the label."""
+    from training.distill import view_targets
+
+    labels = np.array([0, 3, 6])
+    teacher = np.full((3, NUM_CLASSES), 1 / NUM_CLASSES, np.float32)
+    votes = np.eye(NUM_CLASSES, dtype=np.float32)[[1, 1, 1]]
+    usable = np.array([True, True, False])
+    t = mix_targets(labels, teacher, 0.9, votes, usable, 0.1)
+    np.testing.assert_allclose(t.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(t[0], 0.9 / NUM_CLASSES + 0.1 * votes[0], atol=1e-6)
+    np.testing.assert_allclose(t[2], 0.9 / NUM_CLASSES + 0.1 * np.eye(NUM_CLASSES)[6], atol=1e-6)  # no votes
+    v = view_targets(teacher[None], labels, 0.9, votes, usable, 0.1)
+    np.testing.assert_allclose(v[0], t, atol=1e-6)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        mix_targets(labels, teacher, 0.9, votes, usable, 0.2)
+
+
+def test_a_keras_only_teacher_labels_views_without_tflite(tiny_run_dir, sample_data, tmp_path):
+    """`export --keras-only` writes the Keras files and a card measured in Keras, no TFLite; such a directory
+    is a teacher that runs in Keras (flip baked in once, not twice), and its cache key follows its weights."""
+    import shutil
+
+    import keras
+
+    from shared.model import FacialExpressionModel
+    from training.distill import _teacher_key, is_keras_teacher, teacher_probabilities
+    from training.export import export_keras_only
+
+    out = tmp_path / "teacher"
+    card = export_keras_only([tiny_run_dir], out, flip_tta=True, name="kt")
+    assert set(card["files"]) == {"card", "keras_json", "keras_weights"} and card["flip_tta"]
+    assert not list(out.glob("*.tflite")) and is_keras_teacher(out)
+    assert set(card["metrics"]) == {"PublicTest", "PrivateTest"}  # the sample CSV holds both
+    public = sample_data.split("PublicTest")
+    keras_form = FacialExpressionModel(out, backend="keras")
+    acc = float(np.mean(keras_form.predict_proba(public.faces).argmax(1) == public.labels))
+    assert card["metrics"]["PublicTest"]["keras"]["accuracy"] == pytest.approx(acc, abs=1e-9)
+
+    faces = sample_data.split("Training").faces[:64]
+    probs = teacher_probabilities(out, faces)
+    np.testing.assert_allclose(probs, keras_form.predict_proba(faces), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    mirrored = teacher_probabilities(out, np.ascontiguousarray(faces[:, :, ::-1]))
+    np.testing.assert_allclose(mirrored, probs, atol=1e-5)  # flip-averaged inside the graph: symmetric
+
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    model = keras.models.model_from_json((other / "model.json").read_text())
+    model.load_weights(str(other / "model.weights.h5"))
+    model.set_weights([w * 1.01 for w in model.get_weights()])
+    model.save_weights(str(other / "model.weights.h5"))
+    assert _teacher_key(out, faces) != _teacher_key(other, faces)  # new weights never reuse old targets
+
+
+@pytest.mark.slow
+def test_gpu_route_runs_on_keras_jax_without_tensorflow(zip_subset_for_route, tmp_path):
+    """The GPU recipe's pieces on a packed copy, in a process where TensorFlow, TFLite and ZeroMQ cannot be
+    imported and Keras runs on JAX (here on the CPU): a teacher trained on views made up front, exported Keras-only,
+    labels a student's views; the student trains with the FER+ votes from the packed copy."""
+    pytest.importorskip("jax")
+    data = zip_subset_for_route
+    blocked = tmp_path / "blocked.py"
+    blocked.write_text(
+        "import importlib.abc, runpy, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'ai_edge_litert', 'zmq'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r} (blocked)', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['training'] + sys.argv[1:]\n"
+        "runpy.run_module('training', run_name='__main__')\n")
+    env = dict(os.environ, KERAS_BACKEND="jax", FERLIVE_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT))
+
+    def ferlive(*args):
+        out = subprocess.run([sys.executable, str(blocked), *map(str, args)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    teacher_run, teacher, student = tmp_path / "t", tmp_path / "teacher", tmp_path / "s"
+    ferlive("train", "--model", "tiny_cnn", "--data", data, "--run-dir", teacher_run, "--epochs", "3",
+            "--lr", "0.01", "--augment-ahead", "2", "--time-budget", "120")
+    ferlive("export", "--keras-only", "--flip-tta", "--run-dir", teacher_run, "--out", teacher, "--data", data)
+    card = json.loads((teacher / "card.json").read_text())
+    assert card["exported"]["backend"] == "jax" and "PrivateTest" not in card["metrics"]
+    ferlive("distill", "--model", "tiny_cnn", "--teacher", teacher, "--teacher-weight", "0.9", "--ferplus-weight",
+            "0.1", "--teacher-views", "2", "--epochs", "2", "--run-dir", student, "--data", data)
+    stats = json.loads((student / "targets.json").read_text())
+    assert stats["views"] == 2 and stats["ferplus_usable"] > 0.9 * stats["n"]
+    rows = (student / HISTORY).read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 and (student / "best.weights.h5").is_file()

@@ -12,7 +12,7 @@ from shared.preprocess import to_model_input  # noqa: E402
 from training.augment import AugmentConfig, build_augmentation  # noqa: E402
 from training.models import INPUT_SHAPE, MODELS, create_model  # noqa: E402
 
-HEAVY = {"seed_cnn"}           # ~4.5M parameters: batch of 2 only
+HEAVY = {"vgg_wide", "seed_cnn"}           # ~4.5M parameters: batch of 2 only
 N_FACES = {"seed_cnn": 2}
 
 

@@ -265,3 +265,47 @@ def test_ema_validates_and_keeps_the_averaged_weights(sample_csv, tmp_path, monk
     with pytest.raises(ValueError, match="ema"):
         train(TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(tmp_path / "bad"), epochs=1,
                           per_class=30, ema=1.5), verbose=0)
+
+
+def test_time_budget_shortens_the_schedule_to_what_fits(sample_csv, tmp_path, monkeypatch):
+    """--time-budget: the run stops once the next epoch would not fit, with as many history rows as the
+    schedule it fitted, and the cosine's learning rate falls epoch by epoch along the shortened schedule."""
+    from training.train import train
+
+    monkeypatch.setenv("FERLIVE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    cfg = TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(run), epochs=500, batch_size=32,
+                      lr=1e-2, warmup_epochs=0, augment=None, per_class=10, time_budget=4.0)
+    lrs = train(cfg, verbose=0).history["learning_rate"]
+    fitted = json.loads((run / "time_budget.json").read_text())
+    assert fitted["planned_epochs"] == 500 and fitted["seconds"] == 4.0
+    assert 1 <= len(lrs) == fitted["scheduled_epochs"] < 500
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
+    # a rerun with another budget resumes the same run (the budget is this session's, not the run's)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["time_budget"] == 4.0
+
+
+def test_augment_ahead_trains_on_views_made_up_front(sample_csv, tmp_path, monkeypatch):
+    """--augment-ahead K: the run's augmentation makes K views of each Training face once; the model keeps only
+    the mirror flip online; it learns; combinations that make no sense are refused before the run exists."""
+    from training.augment import AugmentConfig
+    from training.train import train
+
+    monkeypatch.setenv("FERLIVE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    cfg = TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(run), epochs=6, batch_size=32, lr=1e-2,
+                      schedule="constant", warmup_epochs=0, label_smoothing=0.0, augment=AugmentConfig(erasing=0.25),
+                      per_class=30, augment_ahead=2)
+    history = train(cfg, verbose=0)
+    loss = history.history["loss"]
+    assert loss[-1] < loss[0] - 0.05, loss
+    online = history.model.get_layer("augment")
+    assert [type(layer).__name__ for layer in online.layers] == ["RandomFlip"]
+    assert json.loads((run / "config.json").read_text())["augment_ahead"] == 2
+    for bad, match in ((dict(augment=None), "--no-augment"),
+                       (dict(teacher="x", teacher_weight=0.5, teacher_views=2), "--teacher-views")):
+        with pytest.raises(ValueError, match=match):
+            train(TrainConfig(**{**cfg.to_dict(), "augment": cfg.augment, "run_dir": str(tmp_path / "bad"),
+                                 **bad}), verbose=0)
+    assert not (tmp_path / "bad").exists()

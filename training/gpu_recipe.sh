@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One lent accelerator's session, start to finish, inside a fixed number of seconds:
-#   1. three vgg_wide teachers trained side by side on one GPU (Keras on JAX, --time-budget),
+#   1. vgg_wide teachers (TEACHERS, default 2) trained side by side on one GPU (Keras on JAX, --time-budget),
+#      on views augmented up front (--augment-ahead): Keras's augmentation layers inside the compiled JAX train
+#      step made vgg_wide's steps >10x slower on an H100 (docs/gpu.md),
 #   2. their flip-averaged ensemble written as a Keras-only teacher directory (no TensorFlow there),
 #   3. the teacher labels K augmented views of every Training face once (consistent teaching),
 #   4. students distilled side by side from those views (the cache copied into each run), within the rest.
@@ -9,7 +11,7 @@
 #   bash training/gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]      (see docs/gpu.md)
 #
 # DATA is a `ferlive pack-data` copy (Training + PublicTest: PrivateTest never reaches the GPU).
-# Environment overrides for a dry run on a CPU: PER_CLASS, VIEWS, TEACHER_SHARE, RUNS, STUDENTS.
+# Environment overrides (and for a dry run on a CPU): TEACHERS, PER_CLASS, VIEWS, TEACHER_SHARE, RUNS, STUDENTS.
 set -u
 DATA=${1:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
 OUT=${2:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
@@ -26,18 +28,19 @@ mkdir -p "$R" "$OUT"
 left() { echo $(( TOTAL - (SECONDS - START) )); }
 say() { echo "[$(( SECONDS - START ))s] $*"; }
 
-# 1. teachers: a share of the time (default 42%), minus ~40 s of start-up and compiling per process
+# 1. teachers: a share of the time (TEACHER_SHARE, default 42%), minus ~40 s of start-up and compiling per process
 TB=$(( TOTAL * ${TEACHER_SHARE:-42} / 100 - 40 ))
-say "teachers: 3 x vgg_wide, --time-budget $TB s"
-for s in 1 2 3; do
+T=$(seq 1 "${TEACHERS:-2}")
+say "teachers: $(echo $T | wc -w) x vgg_wide, --time-budget $TB s"
+for s in $T; do
   "$PY" -m training train --model vgg_wide --data "$DATA" --run-dir "$R/t$s" --seed "$s" --epochs 60 \
-    --batch-size 128 --lr 1e-3 --erasing 0.25 --time-budget "$TB" $LIMIT > "$R/t$s.log" 2>&1 &
+    --batch-size 128 --lr 1e-3 --erasing 0.25 --augment-ahead 16 --time-budget "$TB" $LIMIT > "$R/t$s.log" 2>&1 &
 done
 wait
-for s in 1 2 3; do say "t$s: $(tail -n 1 "$R/t$s/history.csv" 2>/dev/null)"; done
+for s in $T; do say "t$s: $(tail -n 1 "$R/t$s/history.csv" 2>/dev/null)"; done
 
-# 2. the Keras-only teacher: the three, each also on the mirrored face
-"$PY" -m training export --keras-only --flip-tta --run-dir "$R/t1" "$R/t2" "$R/t3" --out "$R/teacher" \
+# 2. the Keras-only teacher: the members, each also on the mirrored face
+"$PY" -m training export --keras-only --flip-tta --run-dir $(for s in $T; do echo "$R/t$s"; done) --out "$R/teacher" \
   --data "$DATA" > "$R/teacher.log" 2>&1 || { say "teacher export failed"; tail -n 30 "$R/teacher.log"; }
 say "teacher: $(grep -o '"accuracy": [0-9.]*' "$R/teacher/card.json" | head -n 1)"
 
@@ -64,6 +67,6 @@ for spec in $STUDENTS; do n=${spec%%:*}; say "s_$n: $(sort -t, -k4 -g "$R/s_$n/h
 for spec in $STUDENTS; do n=${spec%%:*}
   tar -czf "$OUT/s_$n.tgz" -C "$R" --exclude teacher_views.npz --exclude backup --exclude last.keras "s_$n" "s_$n.log"
 done
-tar -czf "$OUT/teacher.tgz" -C "$R" --exclude '*.h5' --exclude backup --exclude last.keras t1 t2 t3 teacher \
-  t1.log t2.log t3.log teacher.log views.log views/targets.json
+tar -czf "$OUT/teacher.tgz" -C "$R" --exclude '*.h5' --exclude backup --exclude last.keras \
+  $(for s in $T; do echo "t$s t$s.log"; done) teacher teacher.log views.log views/targets.json
 say "done"

@@ -62,6 +62,7 @@ class TrainConfig:
     teacher_views: int = 0                # consistent teaching: K augmented views labelled by the teacher; 0: off
     teacher_mixup: float = 0.0            # function matching: mixup alpha of the views (needs teacher_views); 0: off
     time_budget: float | None = None      # seconds this session may train; the schedule shrinks to fit; None: off
+    augment_ahead: int = 0                # K augmented views of each Training face made up front; 0: online layers
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -342,6 +343,9 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
         raise ValueError(f"unknown model {cfg.model!r}; registered: {', '.join(sorted(MODELS))}")
     if cfg.teacher_mixup and not cfg.teacher_views:
         raise ValueError("--teacher-mixup blends the teacher's views: it needs --teacher-views K")
+    if cfg.augment_ahead and (cfg.teacher_views or cfg.augment is None):
+        raise ValueError("--augment-ahead makes views of the run's augmentation: it cannot be combined with "
+                         "--teacher-views (which makes its own) or --no-augment")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg_file = run / CONFIG
@@ -369,19 +373,27 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     x_va, y_va = xy(data.split("PublicTest"))
     online_augment = cfg.augment
     extra_callbacks = []
+    if cfg.teacher_views or cfg.augment_ahead:  # the faces come as views: only the flip stays online
+        online_augment = replace(cfg.augment, rotation=0, zoom=0, shift=0, contrast=0, brightness=0, erasing=0)
     if cfg.teacher_views:  # the faces come as views, batched with their own targets
         from training.distill import ViewBatches, view_distillation_targets
         views = ViewBatches(*view_distillation_targets(cfg, full, keep, run), cfg.batch_size, cfg.seed)
         fit_data = {"x": views.keras_dataset()}
         extra_callbacks.append(views.epoch_callback())
-        online_augment = replace(cfg.augment, rotation=0, zoom=0, shift=0, contrast=0, brightness=0,
-                                 erasing=0)  # only the flip stays online: the rest is in the views
     else:
         x_tr, y_tr = xy(data.split("Training"))
         if cfg.teacher or cfg.ferplus_weight > 0:
             from training.distill import distillation_targets
             y_tr = distillation_targets(cfg, full, keep, run)
         fit_data = {"x": x_tr, "y": y_tr, "batch_size": cfg.batch_size, "shuffle": True}
+    if cfg.augment_ahead:  # the same augmentation, made once up front; each epoch draws one view per face
+        from training.distill import ViewBatches, augmented_views
+        faces = data.split("Training").faces
+        views = augmented_views(faces, cfg.augment, cfg.augment_ahead, cfg.seed)
+        batches = ViewBatches(views, np.broadcast_to(y_tr, (cfg.augment_ahead,) + y_tr.shape), cfg.batch_size,
+                              cfg.seed)
+        fit_data = {"x": batches.keras_dataset()}
+        extra_callbacks.append(batches.epoch_callback())
     log.info("training on %d faces, validating on %d PublicTest faces", int((data.splits == "Training").sum()),
              len(x_va))
 
@@ -432,6 +444,10 @@ def add_train_arguments(p, label_smoothing: float = 0.1) -> None:
     p.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
                    help="keep an exponential moving average of the weights (e.g. 0.999): validation, the best "
                         "checkpoint and the final model use the averaged weights")
+    p.add_argument("--augment-ahead", type=int, default=0, metavar="K",
+                   help="augment each Training face K times up front and train each epoch on one of those views "
+                        "(only the mirror flip stays online): for Keras on JAX on a GPU, where the augmentation "
+                        "layers inside the compiled train step are very slow (docs/gpu.md); 0: online augmentation")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="train for at most about this long in this session: after each epoch the schedule is "
                         "shortened to the epochs that still fit (for a lent accelerator's minutes)")
@@ -443,7 +459,7 @@ def config_from_args(a, **extra) -> TrainConfig:
                        optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
                        warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, augment=aug,
                        seed=a.seed, per_class=a.per_class, init_from=a.init_from, ema=a.ema,
-                       time_budget=a.time_budget, **extra)
+                       time_budget=a.time_budget, augment_ahead=a.augment_ahead, **extra)
 
 
 def _cmd_train(a) -> int:

@@ -341,7 +341,7 @@ def test_folder_without_images(tmp_path):
 def test_unknown_file_type_and_missing_path(tmp_path):
     other = tmp_path / "faces.parquet"
     other.write_bytes(b"x")
-    with pytest.raises(DataError, match="expected a .csv, a .zip or a folder") as err:
+    with pytest.raises(DataError, match=r"expected a .csv, a .zip, a \*\.npz\.xz or a folder") as err:
         load_fer2013(other)
     assert str(other) in str(err.value)
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):

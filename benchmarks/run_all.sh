@@ -17,6 +17,7 @@ for isa in native avx2; do
       --out "$OUT/inference_isa_$isa.json"
 done
 run "$PY" benchmarks/stages.py --isa avx2 --models vgg_small_mid96,vgg_small_s2d --out "$OUT/stages_avx2.json"
+run "$PY" benchmarks/augment_backends.py --backends jax tensorflow --out "$OUT/augment_backends.json"
 run "$PY" benchmarks/train_throughput.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --steps 20 --repeats 3 --out "$OUT/train_throughput.json"
 run "$PY" benchmarks/pipeline.py --seconds 8 --workers 1 2 --model-dir "$MODEL" --json "$OUT/pipeline.json"
 run "$PY" benchmarks/detector.py --model-dir "$MODEL" --faces 3589 --out "$OUT/detector.json"

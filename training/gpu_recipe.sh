@@ -25,6 +25,7 @@ K=${VIEWS:-24}
 LIMIT=${PER_CLASS:+--per-class $PER_CLASS}
 START=$SECONDS
 mkdir -p "$R" "$OUT"
+"$PY" -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" 2>&1 | tail -n 1
 left() { echo $(( TOTAL - (SECONDS - START) )); }
 say() { echo "[$(( SECONDS - START ))s] $*"; }
 
@@ -37,7 +38,10 @@ for s in $T; do
     --batch-size 128 --lr 1e-3 --erasing 0.25 --augment-ahead 16 --time-budget "$TB" $LIMIT > "$R/t$s.log" 2>&1 &
 done
 wait
-for s in $T; do say "t$s: $(tail -n 1 "$R/t$s/history.csv" 2>/dev/null)"; done
+for s in $T; do
+  say "t$s: $(wc -l < "$R/t$s/history.csv" 2>/dev/null) rows; last: $(tail -n 1 "$R/t$s/history.csv" 2>/dev/null)"
+  grep -E "ms/step|time budget|Error" "$R/t$s.log" | tail -n 3
+done
 
 # 2. the Keras-only teacher: the members, each also on the mirrored face
 "$PY" -m training export --keras-only --flip-tta --run-dir $(for s in $T; do echo "$R/t$s"; done) --out "$R/teacher" \

@@ -317,6 +317,7 @@ def export_keras_only(run_dirs: list[str | Path], out_dir: str | Path, data: str
         records.append(_training_record(run, "best", cfg))
         data = data if data is not None else cfg.get("data")
     fer = load_fer2013(data)
+    arch = "+".join(dict.fromkeys(m.name for m in models))  # before averaged_model renames look-alike members
     model = averaged_model(models, flip_tta)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +334,6 @@ def export_keras_only(run_dirs: list[str | Path], out_dir: str | Path, data: str
         if len(models) > 1:
             metrics[split]["members_alone"] = [float(np.mean(m.predict(x, batch_size=1024, verbose=0).argmax(1)
                                                              == part.labels)) for m in models]
-    arch = "+".join(dict.fromkeys(m.name.rsplit("_", 1)[0] if len(models) > 1 else m.name for m in models))
     card = {"format_version": CARD_VERSION, "name": name or arch, "architecture": arch, "labels": list(EMOTIONS),
             "input": {"shape": [FACE_SIZE, FACE_SIZE, 1], "color": "gray", "dtype": "float32", "range": [0.0, 1.0],
                       "preprocess": PREPROCESS},

@@ -380,6 +380,10 @@ def test_a_keras_only_teacher_labels_views_without_tflite(tiny_run_dir, sample_d
     model.set_weights([w * 1.01 for w in model.get_weights()])
     model.save_weights(str(other / "model.weights.h5"))
     assert _teacher_key(out, faces) != _teacher_key(other, faces)  # new weights never reuse old targets
+    pair = export_keras_only([tiny_run_dir, tiny_run_dir], tmp_path / "pair")  # an ensemble of look-alikes
+    assert pair["architecture"] == "tiny_cnn" and pair["ensemble_members"] == 2
+    alone = pair["metrics"]["PublicTest"]["members_alone"]
+    assert alone[0] == alone[1] == pytest.approx(pair["metrics"]["PublicTest"]["keras"]["accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow

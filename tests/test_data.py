@@ -396,6 +396,10 @@ def test_packed_copy_errors_name_the_file(zip_subset, tmp_path):
         write_packed(data, ["one"], tmp_path / "short.npz.xz")
     with pytest.raises(ValueError, match="unknown split"):
         pack(path, tmp_path / "x.npz.xz", ["Validation"])
+    bad_labels = FerData(data.faces, np.where(data.labels == 3, 9, data.labels), data.splits)
+    tampered = write_packed(bad_labels, [f"p{i}" for i in range(len(data))], tmp_path / "tampered.npz.xz")
+    with pytest.raises(DataError, match="tampered.npz.xz: labels must be FER2013 codes"):
+        load_fer2013(tampered, cache=False)
     no_votes = write_packed(data, [f"p{i}" for i in range(len(data))], tmp_path / "novotes.npz.xz")
     with pytest.raises(DataError, match="without FER\\+ votes"):
         load_ferplus(no_votes)

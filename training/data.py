@@ -241,7 +241,20 @@ def read_packed_arrays(path: str | Path) -> dict[str, np.ndarray]:
     missing = {"faces_row_delta", "labels", "splits", "paths"} - set(arrays)
     if missing:
         raise DataError(f"{path}: packed copy lacks {sorted(missing)}")
-    arrays["faces"] = np.cumsum(arrays.pop("faces_row_delta"), axis=2, dtype=np.uint8)
+    delta = arrays.pop("faces_row_delta")
+    n = len(arrays["labels"])
+    if delta.dtype != np.uint8 or delta.shape != (n, 48, 48):
+        raise DataError(f"{path}: faces {delta.dtype} {delta.shape}, expected uint8 ({n},48,48)")
+    if not np.issubdtype(arrays["labels"].dtype, np.integer) or not np.isin(arrays["labels"], range(-1, NUM_CLASSES)).all():
+        raise DataError(f"{path}: labels must be FER2013 codes 0-{NUM_CLASSES - 1} (or -1, unlabelled)")
+    if not np.isin(arrays["splits"].astype(str), SPLITS + ("Test",)).all():
+        raise DataError(f"{path}: splits must be among {list(SPLITS) + ['Test']}")
+    for name in ("splits", "paths", "ferplus_votes", "ferplus_matched"):
+        if name in arrays and len(arrays[name]) != n:
+            raise DataError(f"{path}: {len(arrays[name])} {name} for {n} faces")
+    if "ferplus_votes" in arrays and (arrays["ferplus_votes"] < 0).any():
+        raise DataError(f"{path}: negative FER+ vote counts")
+    arrays["faces"] = np.cumsum(delta, axis=2, dtype=np.uint8)
     return arrays
 
 

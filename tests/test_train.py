@@ -54,8 +54,10 @@ def test_config_round_trips_through_json():
 # --- the CLI -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,expect", [
-    ([], ["explore", "train"]),
-    (["train"], ["--model", "--run-dir", "--epochs", "--per-class", "resume"]),
+    ([], ["explore", "train", "pack-data"]),
+    (["train"], ["--model", "--run-dir", "--epochs", "--per-class", "resume", "--time-budget", "--augment-ahead"]),
+    (["pack-data"], ["--out", "--splits", "PrivateTest"]),
+    (["export"], ["--keras-only"]),
     (["explore"], ["--data", "--out"]),
 ])
 def test_cli_help(tmp_path, args, expect):

@@ -283,6 +283,10 @@ def test_time_budget_shortens_the_schedule_to_what_fits(sample_csv, tmp_path, mo
     assert fitted["planned_epochs"] == 500 and fitted["seconds"] == 4.0
     assert 1 <= len(lrs) == fitted["scheduled_epochs"] < 500
     assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
+    with pytest.raises(ValueError, match="--time-budget must be a positive"):
+        train(TrainConfig(model="tiny_cnn", data=str(sample_csv), run_dir=str(tmp_path / "neg"), time_budget=-24),
+              verbose=0)
+    assert not (tmp_path / "neg").exists()
     # a rerun with another budget resumes the same run (the budget is this session's, not the run's)
     saved = json.loads((run / "config.json").read_text())
     assert saved["time_budget"] == 4.0

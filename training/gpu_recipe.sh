@@ -31,6 +31,7 @@ say() { echo "[$(( SECONDS - START ))s] $*"; }
 
 # 1. teachers: a share of the time (TEACHER_SHARE, default 42%), minus ~40 s of start-up and compiling per process
 TB=$(( TOTAL * ${TEACHER_SHARE:-42} / 100 - 40 ))
+[ "$TB" -ge 30 ] || { say "SECONDS=$TOTAL leaves the teachers $TB s; give the recipe more time"; exit 2; }
 T=$(seq 1 "${TEACHERS:-2}")
 say "teachers: $(echo $T | wc -w) x vgg_wide, --time-budget $TB s"
 for s in $T; do
@@ -56,6 +57,7 @@ say "views labelled: $(cat "$R/views/targets.json" 2>/dev/null | tr -d '\n ')"
 
 # 4. students side by side, in what is left (minus ~60 s for start-up, compiling and packing)
 SB=$(( $(left) - 60 ))
+if [ "$SB" -lt 30 ]; then say "no time left for the students ($SB s)"; STUDENTS=""; fi
 say "students, --time-budget $SB s"
 STUDENTS=${STUDENTS:-"mid96:vgg_small_mid96:0.7:0.2 s2d:vgg_small_s2d:0.7:0.2 mid96_t9:vgg_small_mid96:0.9:0.1 s2d_t9:vgg_small_s2d:0.9:0.1"}
 for spec in $STUDENTS; do

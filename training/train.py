@@ -343,6 +343,8 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
         raise ValueError(f"unknown model {cfg.model!r}; registered: {', '.join(sorted(MODELS))}")
     if cfg.teacher_mixup and not cfg.teacher_views:
         raise ValueError("--teacher-mixup blends the teacher's views: it needs --teacher-views K")
+    if cfg.time_budget is not None and not cfg.time_budget > 0:
+        raise ValueError(f"--time-budget must be a positive number of seconds, got {cfg.time_budget}")
     if cfg.augment_ahead and (cfg.teacher_views or cfg.augment is None):
         raise ValueError("--augment-ahead makes views of the run's augmentation: it cannot be combined with "
                          "--teacher-views (which makes its own) or --no-augment")

@@ -110,28 +110,16 @@ def _quant_params(tflite_path: Path) -> dict:
     return params
 
 
-def write_model_dir(model, out_dir: str | Path, representative: np.ndarray, name: str | None = None,
-                    flip_tta: bool = False, extra: dict | None = None) -> dict:
-    """Write model.json, model.weights.h5, both TFLite forms and a card (no metrics yet); returns the card.
-    `model` is one network or a list of them (an ensemble: every form averages their outputs);
-    with flip_tta every form also averages over the face and its mirror."""
-    import keras
-    import tensorflow as tf
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _write_keras_files(model, out: Path, name: str | None, flip_tta: bool) -> tuple[object, dict]:
+    """Write model.json and model.weights.h5 of one network or an ensemble (a list: averaged, and with flip_tta
+    also over the mirrored face) to out; returns the written graph and the card's common fields."""
     members = list(model) if isinstance(model, (list, tuple)) else [model]
-    arch = "+".join(dict.fromkeys(m.name for m in members))
+    arch = "+".join(dict.fromkeys(m.name for m in members))  # before averaged_model renames look-alike members
     model = averaged_model(members, flip_tta)
+    out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_JSON).write_text(model.to_json())
     model.save_weights(str(out / WEIGHTS))
-    float_bytes, int8_bytes = convert_tflite(model, representative)
-    (out / TFLITE_FILES["float32"]).write_bytes(float_bytes)
-    (out / TFLITE_FILES["int8"]).write_bytes(int8_bytes)
-    quant = _quant_params(out / TFLITE_FILES["int8"])
-    if not np.isclose(quant["input"]["scale"], 1 / 255, rtol=1e-3):
-        log.warning("int8 input scale is %g, not 1/255: uint8 pixels do not map one to one", quant["input"]["scale"])
-    card = {
+    return model, {
         "format_version": CARD_VERSION,
         "name": name or arch,
         "architecture": arch,
@@ -141,14 +129,33 @@ def write_model_dir(model, out_dir: str | Path, representative: np.ndarray, name
         "output": "softmax probabilities (N,7) in the order of `labels` (FER2013 codes)",
         "flip_tta": flip_tta,
         "ensemble_members": len(members),
-        "files": {"card": CARD, "keras_json": MODEL_JSON, "keras_weights": WEIGHTS, **TFLITE_FILES},
+        "files": {"card": CARD, "keras_json": MODEL_JSON, "keras_weights": WEIGHTS},
         "parameters": int(model.count_params()),
-        "quantization": {"int8": {**quant, "scheme": "full-integer post-training quantisation",
-                                  "representative_faces": int(len(representative))}},
-        "exported": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "tensorflow": tf.__version__, "keras": keras.__version__},
-        **(extra or {}),
     }
+
+
+def write_model_dir(model, out_dir: str | Path, representative: np.ndarray, name: str | None = None,
+                    flip_tta: bool = False, extra: dict | None = None) -> dict:
+    """Write model.json, model.weights.h5, both TFLite forms and a card (no metrics yet); returns the card.
+    `model` is one network or a list of them (an ensemble: every form averages their outputs);
+    with flip_tta every form also averages over the face and its mirror."""
+    import keras
+    import tensorflow as tf
+
+    out = Path(out_dir)
+    model, card = _write_keras_files(model, out, name, flip_tta)
+    float_bytes, int8_bytes = convert_tflite(model, representative)
+    (out / TFLITE_FILES["float32"]).write_bytes(float_bytes)
+    (out / TFLITE_FILES["int8"]).write_bytes(int8_bytes)
+    quant = _quant_params(out / TFLITE_FILES["int8"])
+    if not np.isclose(quant["input"]["scale"], 1 / 255, rtol=1e-3):
+        log.warning("int8 input scale is %g, not 1/255: uint8 pixels do not map one to one", quant["input"]["scale"])
+    card["files"].update(TFLITE_FILES)
+    card.update({"quantization": {"int8": {**quant, "scheme": "full-integer post-training quantisation",
+                                           "representative_faces": int(len(representative))}},
+                 "exported": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "tensorflow": tf.__version__, "keras": keras.__version__},
+                 **(extra or {})})
     (out / CARD).write_text(json.dumps(card, indent=2))
     return card
 
@@ -317,12 +324,7 @@ def export_keras_only(run_dirs: list[str | Path], out_dir: str | Path, data: str
         records.append(_training_record(run, "best", cfg))
         data = data if data is not None else cfg.get("data")
     fer = load_fer2013(data)
-    arch = "+".join(dict.fromkeys(m.name for m in models))  # before averaged_model renames look-alike members
-    model = averaged_model(models, flip_tta)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MODEL_JSON).write_text(model.to_json())
-    model.save_weights(str(out / WEIGHTS))
+    model, card = _write_keras_files(models, Path(out_dir), name, flip_tta)
     metrics: dict = {}
     for split in ("PublicTest", "PrivateTest"):
         if not (fer.splits == split).any():
@@ -334,19 +336,12 @@ def export_keras_only(run_dirs: list[str | Path], out_dir: str | Path, data: str
         if len(models) > 1:
             metrics[split]["members_alone"] = [float(np.mean(m.predict(x, batch_size=1024, verbose=0).argmax(1)
                                                              == part.labels)) for m in models]
-    card = {"format_version": CARD_VERSION, "name": name or arch, "architecture": arch, "labels": list(EMOTIONS),
-            "input": {"shape": [FACE_SIZE, FACE_SIZE, 1], "color": "gray", "dtype": "float32", "range": [0.0, 1.0],
-                      "preprocess": PREPROCESS},
-            "output": "softmax probabilities (N,7) in the order of `labels` (FER2013 codes)",
-            "flip_tta": flip_tta, "ensemble_members": len(models),
-            "files": {"card": CARD, "keras_json": MODEL_JSON, "keras_weights": WEIGHTS},
-            "keras_only": "no TFLite forms: written without TensorFlow; `ferlive export` of the runs adds them",
-            "parameters": int(model.count_params()),
-            "exported": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "keras": keras.__version__,
-                         "backend": keras.backend.backend()},
-            "training": records[0] if len(records) == 1 else {"ensemble": records},
-            "metrics": metrics}
-    (out / CARD).write_text(json.dumps(card, indent=2))
+    card.update({"keras_only": "no TFLite forms: written without TensorFlow; `ferlive export` of the runs adds them",
+                 "exported": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "keras": keras.__version__,
+                              "backend": keras.backend.backend()},
+                 "training": records[0] if len(records) == 1 else {"ensemble": records},
+                 "metrics": metrics})
+    (Path(out_dir) / CARD).write_text(json.dumps(card, indent=2))
     return card
 
 

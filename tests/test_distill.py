@@ -219,6 +219,30 @@ def test_augmented_views_are_seeded_distinct_and_never_mirrored(fer_zip_data):
     assert (plain[0] == faces).all()  # nothing but the flip asked for: the faces come back as they are
 
 
+def test_views_cache_makes_the_views_once(fer_zip_data, tmp_path, monkeypatch):
+    """FERLIVE_VIEWS_CACHE: the second run side by side loads the first one's views instead of making them; another
+    seed or other faces make (and keep) their own; a truncated file is made again, not trusted."""
+    import training.augment
+    from training.augment import AugmentConfig
+    from training.distill import augmented_views
+
+    faces = fer_zip_data.faces[:32]
+    monkeypatch.setenv("FERLIVE_VIEWS_CACHE", str(tmp_path / "views"))
+    made = augmented_views(faces, AugmentConfig(), 2, seed=3)
+    (file,) = (tmp_path / "views").glob("views-*.npy")
+    with monkeypatch.context() as m:
+        m.setattr(training.augment, "build_augmentation", lambda *a, **k: pytest.fail("views were made again"))
+        assert (augmented_views(faces, AugmentConfig(), 2, seed=3) == made).all()
+    assert not (augmented_views(faces, AugmentConfig(), 2, seed=4) == made).all()
+    augmented_views(faces[:16], AugmentConfig(), 2, seed=3)
+    assert len(list((tmp_path / "views").glob("views-*.npy"))) == 3
+    np.save(file, made[:1])  # wrong shape: made again and rewritten
+    assert (augmented_views(faces, AugmentConfig(), 2, seed=3) == made).all()
+    assert np.load(file).shape == made.shape
+    file.write_bytes(file.read_bytes()[:100])  # cut short: made again, not an error
+    assert (augmented_views(faces, AugmentConfig(), 2, seed=3) == made).all()
+
+
 def test_view_batches_cover_every_face_once_with_its_own_views_targets():
     from training.distill import ViewBatches
 
@@ -345,7 +369,7 @@ def test_teacher_and_ferplus_weights_may_sum_to_one_in_floating_point():
         mix_targets(labels, teacher, 0.9, votes, usable, 0.2)
 
 
-def test_a_keras_only_teacher_labels_views_without_tflite(tiny_run_dir, sample_data, tmp_path):
+def test_a_keras_only_teacher_labels_views_without_tflite(tiny_run_dir, sample_data, sample_csv, tmp_path):
     """`export --keras-only` writes the Keras files and a card measured in Keras, no TFLite; such a directory
     is a teacher that runs in Keras (flip baked in once, not twice), and its cache key follows its weights."""
     import shutil
@@ -353,6 +377,7 @@ def test_a_keras_only_teacher_labels_views_without_tflite(tiny_run_dir, sample_d
     import keras
 
     from shared.model import FacialExpressionModel
+    from shared.preprocess import to_model_input
     from training.distill import _teacher_key, is_keras_teacher, teacher_probabilities
     from training.export import export_keras_only
 
@@ -380,10 +405,35 @@ def test_a_keras_only_teacher_labels_views_without_tflite(tiny_run_dir, sample_d
     model.set_weights([w * 1.01 for w in model.get_weights()])
     model.save_weights(str(other / "model.weights.h5"))
     assert _teacher_key(out, faces) != _teacher_key(other, faces)  # new weights never reuse old targets
+    from training.distill import _load_keras_teacher
+    _load_keras_teacher.cache_clear()
+    before = teacher_probabilities(other, faces)
+    teacher_probabilities(other, faces[:8])
+    assert _load_keras_teacher.cache_info().misses == 1  # loaded once: its compiled predict serves view after view
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save_weights(str(other / "model.weights.h5"))
+    assert not np.allclose(teacher_probabilities(other, faces), before, atol=1e-4)  # rewritten weights: loaded again
+    assert _load_keras_teacher.cache_info().misses == 2
     pair = export_keras_only([tiny_run_dir, tiny_run_dir], tmp_path / "pair")  # an ensemble of look-alikes
     assert pair["architecture"] == "tiny_cnn" and pair["ensemble_members"] == 2
     alone = pair["metrics"]["PublicTest"]["members_alone"]
     assert alone[0] == alone[1] == pytest.approx(pair["metrics"]["PublicTest"]["keras"]["accuracy"], abs=1e-9)
+
+    # an exported model directory is a member too (e.g. the bundled ensemble beside new runs): its mirror
+    # averaging is not done twice, each member weighs the same, and the card says the whole is flip-averaged
+    from training.export import load_run
+    mixed = export_keras_only([out, tiny_run_dir], tmp_path / "mixed", flip_tta=True, data=str(sample_csv))
+    assert mixed["flip_tta"] and mixed["ensemble_members"] == 2
+    assert mixed["training"]["ensemble"][0]["model_dir"] == str(out)
+    run_model, _ = load_run(tiny_run_dir)
+    x = to_model_input(faces)
+    own = (run_model.predict(x, verbose=0) + run_model.predict(x[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(teacher_probabilities(tmp_path / "mixed", faces), (probs + own) / 2, atol=1e-5)
+    again = export_keras_only([out], tmp_path / "again", flip_tta=True, data=str(sample_csv))
+    assert again["flip_tta"] and again["parameters"] == card["parameters"]
+    np.testing.assert_allclose(teacher_probabilities(tmp_path / "again", faces), probs, atol=1e-6)
+    with pytest.raises(ValueError, match="--data is needed"):
+        export_keras_only([out], tmp_path / "nodata")
 
 
 @pytest.mark.slow

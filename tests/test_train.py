@@ -281,6 +281,7 @@ def test_time_budget_shortens_the_schedule_to_what_fits(sample_csv, tmp_path, mo
     lrs = train(cfg, verbose=0).history["learning_rate"]
     fitted = json.loads((run / "time_budget.json").read_text())
     assert fitted["planned_epochs"] == 500 and fitted["seconds"] == 4.0
+    assert fitted["setup_seconds"] > 0  # loading and compiling count against the budget
     assert 1 <= len(lrs) == fitted["scheduled_epochs"] < 500
     assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
     with pytest.raises(ValueError, match="--time-budget must be a positive"):

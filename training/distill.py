@@ -28,6 +28,7 @@ Everything else — schedule, checkpoints chosen on
 PublicTest, resume after a kill, timing — is `ferlive train`'s."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -95,18 +96,34 @@ def is_keras_teacher(model_dir: str | Path) -> bool:
 KERAS_TEACHER_BATCH = 1024
 
 
+def _file_stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=2)
+def _load_keras_teacher(model_dir: str, stamps: tuple):
+    """A Keras-only teacher's network, loaded once per directory and file version (`stamps`): its compiled
+    predict is then reused view after view instead of being traced again for every call."""
+    import keras
+
+    from shared.model import MODEL_JSON, WEIGHTS
+
+    model = keras.models.model_from_json((Path(model_dir) / MODEL_JSON).read_text())
+    model.load_weights(str(Path(model_dir) / WEIGHTS))
+    return model
+
+
 def keras_teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool | None = None) -> np.ndarray:
     """The (N,7) probabilities of a Keras-only teacher directory on uint8 faces, through Keras's compiled
     predict (fast on an accelerator), averaged with the mirrored face unless the card says it is baked in."""
-    import keras
-
     from shared.model import MODEL_JSON, WEIGHTS, read_card
     from shared.preprocess import to_model_input
 
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    model = keras.models.model_from_json((model_dir / MODEL_JSON).read_text())
-    model.load_weights(str(model_dir / WEIGHTS))
+    model = _load_keras_teacher(str(model_dir.resolve()),
+                                (_file_stamp(model_dir / MODEL_JSON), _file_stamp(model_dir / WEIGHTS)))
     flip = not card.get("flip_tta", False) if flip is None else flip
     x = to_model_input(np.asarray(faces, np.uint8))
     probs = model.predict(x, batch_size=KERAS_TEACHER_BATCH, verbose=0)
@@ -175,9 +192,14 @@ def cached_teacher_probabilities(model_dir: str | Path, faces: np.ndarray, run: 
     return _cached_probs(run / TEACHER_CACHE, _teacher_key(model_dir, faces), (len(faces), NUM_CLASSES), compute)
 
 
+VIEWS_CACHE_ENV = "FERLIVE_VIEWS_CACHE"
+
+
 def augmented_views(faces: np.ndarray, augment, k: int, seed: int, batch: int = 2048) -> np.ndarray:
     """uint8 (k,N,48,48): k augmented copies of uint8 (N,48,48) faces, made by the training augmentation
-    layers of `augment` (an AugmentConfig) without the mirror flip, seeded so the same call gives the same views."""
+    layers of `augment` (an AugmentConfig) without the mirror flip, seeded so the same call gives the same views.
+    With FERLIVE_VIEWS_CACHE set to a folder, the views are kept there (k*N*2304 bytes) keyed by the faces, the
+    augmentation, k, seed and Keras backend, so runs side by side make them once (the GPU recipe's students)."""
     import dataclasses
 
     import keras
@@ -187,14 +209,32 @@ def augmented_views(faces: np.ndarray, augment, k: int, seed: int, batch: int = 
     if k < 1:
         raise ValueError(f"--teacher-views must be >= 1, got {k}")
     faces = np.asarray(faces, np.uint8)
-    out = np.empty((k,) + faces.shape, np.uint8)
     cfg = dataclasses.replace(augment, flip=False)
+    cache = None
+    if os.environ.get(VIEWS_CACHE_ENV):
+        h = hashlib.sha1(repr((cfg, k, seed, batch, keras.backend.backend(), faces.shape)).encode())
+        h.update(np.ascontiguousarray(faces).tobytes())
+        cache = Path(os.environ[VIEWS_CACHE_ENV]) / f"views-{h.hexdigest()[:16]}.npy"
+        try:
+            views = np.load(cache) if cache.is_file() else None
+        except (OSError, ValueError, EOFError) as e:  # a damaged file: made again below
+            log.warning("views cache %s is unreadable (%s); making the views again", cache, e)
+            views = None
+        if views is not None and views.shape == (k,) + faces.shape and views.dtype == np.uint8:
+            log.info("views: %d of each face from %s", k, cache)
+            return views
+    out = np.empty((k,) + faces.shape, np.uint8)
     for v in range(k):
         block = build_augmentation(cfg, seed=seed * 1000 + 17 * v)
         for i in range(0, len(faces), batch):
             x = faces[i:i + batch, :, :, None].astype(np.float32) / 255.0
             y = keras.ops.convert_to_numpy(block(x, training=True)) if block.layers else x
             out[v, i:i + batch] = np.clip(np.rint(y[..., 0] * 255.0), 0, 255).astype(np.uint8)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, out)
+        os.replace(tmp, cache)
     return out
 
 

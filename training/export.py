@@ -53,12 +53,15 @@ def load_run(run_dir: str | Path, weights: str = "best"):
     return model, cfg
 
 
-def averaged_model(models: list, flip_tta: bool = False):
+def averaged_model(models: list, flip_tta: bool = False, mirrored: list[bool] | None = None):
     """One serialisable network that averages the softmax of every member and, with flip_tta, of each
-    member on the mirrored face too: an ensemble and/or flip TTA baked into a single graph.
-    One member without flip_tta is returned as it is."""
+    member on the mirrored face too: an ensemble and/or flip TTA baked into a single graph. mirrored: per
+    member, True where it already averages over the mirror inside (an exported flip-TTA model): it is not
+    flipped again, and each member then counts once. One member without flip_tta is returned as it is."""
     import keras
 
+    mirrored = list(mirrored) if mirrored is not None else [False] * len(models)
+    flip_tta = flip_tta and not all(mirrored)  # nothing left to mirror
     if len(models) == 1 and not flip_tta:
         return models[0]
     if len({m.name for m in models}) < len(models):  # nested models are layers: their names must differ
@@ -66,7 +69,11 @@ def averaged_model(models: list, flip_tta: bool = False):
             m.name = f"{m.name}_{i}"
     face = keras.Input(shape=models[0].input_shape[1:], name="face")
     views = [face, keras.ops.flip(face, axis=2)] if flip_tta else [face]
-    outs = [m(v) for m in models for v in views]
+    if flip_tta and any(mirrored):  # a mean per member first, so a mirrored member weighs as much as the others
+        outs = [m(face) if done else keras.layers.Average(name=f"{m.name}_flip_avg")([m(v) for v in views])
+                for m, done in zip(models, mirrored)]
+    else:
+        outs = [m(v) for m in models for v in views]
     name = "_".join(dict.fromkeys(m.name for m in models)) if len(models) == 1 else f"ensemble{len(models)}"
     layer = "probs_flip_tta" if len(models) == 1 else "probs_avg"
     return keras.Model(face, keras.layers.Average(name=layer)(outs), name=f"{name}{'_flip_tta' * flip_tta}")
@@ -110,12 +117,14 @@ def _quant_params(tflite_path: Path) -> dict:
     return params
 
 
-def _write_keras_files(model, out: Path, name: str | None, flip_tta: bool) -> tuple[object, dict]:
+def _write_keras_files(model, out: Path, name: str | None, flip_tta: bool,
+                       mirrored: list[bool] | None = None) -> tuple[object, dict]:
     """Write model.json and model.weights.h5 of one network or an ensemble (a list: averaged, and with flip_tta
-    also over the mirrored face) to out; returns the written graph and the card's common fields."""
+    also over the mirrored face; `mirrored` as in averaged_model) to out; returns the written graph and the
+    card's common fields."""
     members = list(model) if isinstance(model, (list, tuple)) else [model]
     arch = "+".join(dict.fromkeys(m.name for m in members))  # before averaged_model renames look-alike members
-    model = averaged_model(members, flip_tta)
+    model = averaged_model(members, flip_tta, mirrored)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_JSON).write_text(model.to_json())
     model.save_weights(str(out / WEIGHTS))
@@ -127,7 +136,7 @@ def _write_keras_files(model, out: Path, name: str | None, flip_tta: bool) -> tu
         "input": {"shape": [FACE_SIZE, FACE_SIZE, 1], "color": "gray", "dtype": "float32", "range": [0.0, 1.0],
                   "preprocess": PREPROCESS},
         "output": "softmax probabilities (N,7) in the order of `labels` (FER2013 codes)",
-        "flip_tta": flip_tta,
+        "flip_tta": bool(flip_tta or (mirrored and all(mirrored))),
         "ensemble_members": len(members),
         "files": {"card": CARD, "keras_json": MODEL_JSON, "keras_weights": WEIGHTS},
         "parameters": int(model.count_params()),
@@ -307,24 +316,48 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
     return card
 
 
+def load_member(path: str | Path) -> tuple[object, bool, dict]:
+    """One member of a Keras-only export: a training run directory (its best PublicTest checkpoint) or an
+    exported model directory (its model.json and weights, e.g. the bundled ensemble). Returns (model, whether
+    it already averages over the mirrored face, the record of how it was made)."""
+    import keras
+
+    from shared.model import read_card
+    from training.train import CONFIG
+
+    path = Path(path)
+    if (path / CONFIG).is_file() or not (path / MODEL_JSON).is_file():
+        model, cfg = load_run(path)
+        return model, False, _training_record(path, "best", cfg)
+    card = read_card(path)
+    model = keras.models.model_from_json((path / MODEL_JSON).read_text())
+    model.load_weights(str(path / WEIGHTS))
+    return model, bool(card.get("flip_tta", False)), {"model_dir": str(path), "name": card.get("name"),
+                                                      "training": card.get("training")}
+
+
 def export_keras_only(run_dirs: list[str | Path], out_dir: str | Path, data: str | Path | None = None,
                       flip_tta: bool = False, name: str | None = None) -> dict:
     """Write a Keras-only model directory (model.json, model.weights.h5, card.json with Keras accuracies on the
-    splits `data` holds) from one or more run directories, without TensorFlow: for a machine that has none
-    (a lent GPU running Keras on JAX). It serves as a distillation teacher there (`ferlive distill --teacher`);
-    `ferlive export` of the same runs, where TensorFlow is, gives the TFLite forms. Returns the card."""
+    splits `data` holds) from one or more run directories or exported model directories (`load_member`),
+    without TensorFlow: for a machine that has none (a lent GPU running Keras on JAX). It serves as a
+    distillation teacher there (`ferlive distill --teacher`); `ferlive export` of the same runs, where
+    TensorFlow is, gives the TFLite forms. Returns the card."""
     import keras
 
     from training.data import load_fer2013
 
-    models, records = [], []
-    for run in map(Path, run_dirs):
-        m, cfg = load_run(run)
+    models, mirrored, records = [], [], []
+    for path in run_dirs:
+        m, done, record = load_member(path)
         models.append(m)
-        records.append(_training_record(run, "best", cfg))
-        data = data if data is not None else cfg.get("data")
+        mirrored.append(done)
+        records.append(record)
+        data = data if data is not None else (record.get("config") or {}).get("data")
+    if data is None:
+        raise ValueError("--data is needed: no member is a training run that names its data")
     fer = load_fer2013(data)
-    model, card = _write_keras_files(models, Path(out_dir), name, flip_tta)
+    model, card = _write_keras_files(models, Path(out_dir), name, flip_tta, mirrored)
     metrics: dict = {}
     for split in ("PublicTest", "PrivateTest"):
         if not (fer.splits == split).any():

@@ -216,7 +216,7 @@ def plot_history(csv_path: Path, png_path: Path, title: str = "") -> "object | N
     return fig
 
 
-def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
+def _callbacks(cfg: TrainConfig, run: Path, base_lr: float, started: float):
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
@@ -272,16 +272,19 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
     class TimeBudget(keras.callbacks.Callback):
         """--time-budget: after each epoch, shorten the schedule (its length in epochs) so this session ends
         within the budget at the pace seen so far (the first, compiling epoch left out); the cosine follows the
-        shortened length from then on. What was fitted goes to time_budget.json."""
+        shortened length from then on. The budget counts from `started` (the start of train(): loading the data,
+        making views, the teacher's labels and compiling are inside it). What was fitted goes to time_budget.json."""
 
-        def __init__(self, seconds: float, sched: TrainConfig):
+        def __init__(self, seconds: float, sched: TrainConfig, started: float):
             super().__init__()
             self.seconds, self.sched = seconds, sched
-            self.t0 = self.t_prev = 0.0
+            self.t0 = started
+            self.t_prev = 0.0
             self.durations: list[float] = []
 
         def on_train_begin(self, logs=None):
-            self.t0 = self.t_prev = time.time()
+            self.t_prev = time.time()
+            self.setup = self.t_prev - self.t0
 
         def on_epoch_end(self, epoch, logs=None):
             now = time.time()
@@ -295,7 +298,8 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
                 self.sched.epochs = fits
             _write_json_atomic(run / "time_budget.json", {"seconds": self.seconds, "planned_epochs": cfg.epochs,
                                                           "scheduled_epochs": self.sched.epochs,
-                                                          "seconds_per_epoch": pace})
+                                                          "seconds_per_epoch": pace,
+                                                          "setup_seconds": round(self.setup, 1)})
             if epoch + 1 >= self.sched.epochs:
                 self.model.stop_training = True
 
@@ -318,7 +322,7 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
     else:
         cbs.append(keras.callbacks.LearningRateScheduler(lambda e: lr_at(e, sched, base_lr)))
     if cfg.time_budget:
-        cbs.append(TimeBudget(cfg.time_budget, sched))
+        cbs.append(TimeBudget(cfg.time_budget, sched, started))
     cbs.append(LivePlot())
     if cfg.ema is not None:
         # Validation and the best checkpoint see the averaged weights: swapped in for each evaluation
@@ -336,6 +340,7 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float):
 
 def train(cfg: TrainConfig, verbose: int | str | None = None):
     """Train (or resume) the run in cfg.run_dir; returns the Keras History."""
+    started = time.time()  # --time-budget counts from here
     import keras
     from training.models import MODELS, create_model
 
@@ -409,7 +414,7 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     if verbose is None:
         verbose = 1 if (sys.stdout.isatty() or "ipykernel" in sys.modules) else 2
     history = model.fit(**fit_data, epochs=cfg.epochs, validation_data=(x_va, y_va), verbose=verbose,
-                        callbacks=extra_callbacks + _callbacks(cfg, run, base_lr))
+                        callbacks=extra_callbacks + _callbacks(cfg, run, base_lr, started))
     model.save(run / LAST_MODEL)
     return history
 
@@ -451,8 +456,9 @@ def add_train_arguments(p, label_smoothing: float = 0.1) -> None:
                         "(only the mirror flip stays online): for Keras on JAX on a GPU, where the augmentation "
                         "layers inside the compiled train step are very slow (docs/gpu.md); 0: online augmentation")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="train for at most about this long in this session: after each epoch the schedule is "
-                        "shortened to the epochs that still fit (for a lent accelerator's minutes)")
+                   help="end this session within about this long, counted from the start (loading, views, the "
+                        "teacher's labels and compiling count): after each epoch the schedule is shortened to the "
+                        "epochs that still fit (for a lent accelerator's minutes)")
 
 
 def config_from_args(a, **extra) -> TrainConfig:

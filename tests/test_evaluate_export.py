@@ -161,6 +161,23 @@ def test_export_ensemble_averages_the_members_in_every_form(tiny_run_dir, sample
     assert np.abs(int8 - expected).max() < 0.1
 
 
+def test_export_makes_tflite_forms_of_a_keras_only_teacher(tiny_run_dir, sample_csv, sample_data, tmp_path):
+    """A Keras-only directory (made where TensorFlow is absent, e.g. a joined teacher from a GPU) exported here:
+    the TFLite forms compute what its Keras graph computes, its flip averaging is kept, not doubled."""
+    from shared.model import FacialExpressionModel
+    from training.export import export_keras_only, export_model
+
+    export_keras_only([tiny_run_dir], tmp_path / "k", data=sample_csv, flip_tta=True)
+    card = export_model(tmp_path / "k", tmp_path / "t", data=sample_csv, max_int8_drop=None)
+    assert card["flip_tta"] and card["training"]["model_dir"] == str(tmp_path / "k")
+    assert (tmp_path / "t" / "model_int8.tflite").is_file()
+    faces = sample_data.split("PublicTest").faces[:32]
+    keras_only = FacialExpressionModel(tmp_path / "k", backend="keras").predict_proba(faces)
+    np.testing.assert_allclose(FacialExpressionModel(tmp_path / "t", precision="float32").predict_proba(faces),
+                               keras_only, atol=1e-5)
+    assert card["parameters"] == json.loads((tmp_path / "k" / "card.json").read_text())["parameters"]
+
+
 def test_cli_export_ensemble_refuses_one_weights_path_for_several_runs(tiny_run_dir, tmp_path):
     r = ferlive("export", "--run-dir", str(tiny_run_dir), str(tiny_run_dir), "--weights", "x.weights.h5",
                 "--out", str(tmp_path / "m"))

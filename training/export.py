@@ -144,15 +144,15 @@ def _write_keras_files(model, out: Path, name: str | None, flip_tta: bool,
 
 
 def write_model_dir(model, out_dir: str | Path, representative: np.ndarray, name: str | None = None,
-                    flip_tta: bool = False, extra: dict | None = None) -> dict:
+                    flip_tta: bool = False, extra: dict | None = None, mirrored: list[bool] | None = None) -> dict:
     """Write model.json, model.weights.h5, both TFLite forms and a card (no metrics yet); returns the card.
     `model` is one network or a list of them (an ensemble: every form averages their outputs);
-    with flip_tta every form also averages over the face and its mirror."""
+    with flip_tta every form also averages over the face and its mirror (`mirrored` as in averaged_model)."""
     import keras
     import tensorflow as tf
 
     out = Path(out_dir)
-    model, card = _write_keras_files(model, out, name, flip_tta)
+    model, card = _write_keras_files(model, out, name, flip_tta, mirrored)
     float_bytes, int8_bytes = convert_tflite(model, representative)
     (out / TFLITE_FILES["float32"]).write_bytes(float_bytes)
     (out / TFLITE_FILES["int8"]).write_bytes(int8_bytes)
@@ -224,18 +224,23 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
     TFLite once it has been measured and checked (a smaller directory to ship). Returns the card."""
     from training.data import load_fer2013
 
-    training = None
+    training, mirrored = None, None
     sources = model_or_run_dir if isinstance(model_or_run_dir, (list, tuple)) else [model_or_run_dir]
     if all(isinstance(s, (str, Path)) for s in sources):
-        models, records = [], []
+        models, mirrored, records = [], [], []
         for run in map(Path, sources):
-            m, cfg = load_run(run, weights)
+            if weights == "best":  # a run's best checkpoint or an exported model directory (load_member)
+                m, done, record = load_member(run)
+            else:
+                m, cfg = load_run(run, weights)
+                done, record = False, _training_record(run, weights, cfg)
             models.append(m)
-            records.append(_training_record(run, weights, cfg))
-            data = data if data is not None else cfg.get("data")
+            mirrored.append(done)
+            records.append(record)
+            data = data if data is not None else (record.get("config") or {}).get("data")
         training = records[0] if len(records) == 1 else {"ensemble": records, "timing": {
-            "seconds": sum((r["timing"] or {}).get("seconds", 0.0) for r in records),
-            "sessions": sum((r["timing"] or {}).get("sessions", 0) for r in records)}}
+            "seconds": sum((r.get("timing") or {}).get("seconds", 0.0) for r in records),
+            "sessions": sum((r.get("timing") or {}).get("sessions", 0) for r in records)}}
         if any("init_from" in r for r in records):
             training["timing"]["seconds_with_init_chain"] = sum(_chain_seconds(r) for r in records)
         model = models[0] if len(models) == 1 else models
@@ -259,7 +264,7 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
             extra["without_flip_tta"] = {n: accs[0] for n, accs in alone.items()}
         else:
             extra["members_alone"] = alone
-    card = write_model_dir(model, out, calib, name=name, flip_tta=flip_tta, extra=extra)
+    card = write_model_dir(model, out, calib, name=name, flip_tta=flip_tta, extra=extra, mirrored=mirrored)
 
     forms = {"keras": FacialExpressionModel(out, backend="keras"),
              "float32": FacialExpressionModel(out, precision="float32"),
@@ -385,8 +390,9 @@ def add_cli(sub) -> None:
                                    "card.json (metrics of every form). Fails if int8 loses more than "
                                    "--max-int8-drop PublicTest points.")
     p.add_argument("--run-dir", required=True, nargs="+",
-                   help="training run directory (config.json, best.weights.h5); several: an ensemble "
-                        "whose every form averages their outputs")
+                   help="training run directory (config.json, best.weights.h5) or exported model directory (its "
+                        "Keras files, e.g. a --keras-only teacher from a GPU); several: an ensemble whose every "
+                        "form averages their outputs")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--data", default=None, help="FER2013 CSV, folder or zip (default: the run's data)")
     p.add_argument("--weights", default="best", help="best (best.weights.h5) or a .weights.h5 path")

@@ -161,9 +161,12 @@ def test_export_ensemble_averages_the_members_in_every_form(tiny_run_dir, sample
     assert np.abs(int8 - expected).max() < 0.1
 
 
-def test_export_makes_tflite_forms_of_a_keras_only_teacher(tiny_run_dir, sample_csv, sample_data, tmp_path):
+def test_export_makes_tflite_forms_of_a_keras_only_teacher(tiny_run_dir, tiny_model_dir, sample_csv, sample_data,
+                                                           tmp_path):
     """A Keras-only directory (made where TensorFlow is absent, e.g. a joined teacher from a GPU) exported here:
     the TFLite forms compute what its Keras graph computes, its flip averaging is kept, not doubled."""
+    import shutil
+
     from shared.model import FacialExpressionModel
     from training.export import export_keras_only, export_model
 
@@ -176,6 +179,19 @@ def test_export_makes_tflite_forms_of_a_keras_only_teacher(tiny_run_dir, sample_
     np.testing.assert_allclose(FacialExpressionModel(tmp_path / "t", precision="float32").predict_proba(faces),
                                keras_only, atol=1e-5)
     assert card["parameters"] == json.loads((tmp_path / "k" / "card.json").read_text())["parameters"]
+    # joined with an exported single network (no flip inside) whose model.json names its output in a list, as
+    # models/vgg_medium_distilled's does: read back, it returns a list of one tensor
+    listed = tmp_path / "listed"
+    shutil.copytree(tiny_model_dir, listed)
+    graph = json.loads((listed / "model.json").read_text())
+    graph["config"]["output_layers"] = [graph["config"]["output_layers"]]
+    (listed / "model.json").write_text(json.dumps(graph))
+    joined = export_keras_only([tmp_path / "k", listed], tmp_path / "j", data=sample_csv, flip_tta=True)
+    assert joined["flip_tta"] and joined["ensemble_members"] == 2
+    single = FacialExpressionModel(tiny_model_dir, backend="keras").predict_proba
+    expected = (keras_only + (single(faces) + single(np.ascontiguousarray(faces[:, :, ::-1]))) / 2) / 2
+    np.testing.assert_allclose(FacialExpressionModel(tmp_path / "j", backend="keras").predict_proba(faces), expected,
+                               atol=1e-5)
 
 
 def test_cli_export_ensemble_refuses_one_weights_path_for_several_runs(tiny_run_dir, tmp_path):

@@ -67,13 +67,18 @@ def averaged_model(models: list, flip_tta: bool = False, mirrored: list[bool] | 
     if len({m.name for m in models}) < len(models):  # nested models are layers: their names must differ
         for i, m in enumerate(models, start=1):
             m.name = f"{m.name}_{i}"
+    def call(m, x):  # a network read back from model.json may return its one output in a list
+        out = m(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
     face = keras.Input(shape=models[0].input_shape[1:], name="face")
     views = [face, keras.ops.flip(face, axis=2)] if flip_tta else [face]
     if flip_tta and any(mirrored):  # a mean per member first, so a mirrored member weighs as much as the others
-        outs = [m(face) if done else keras.layers.Average(name=f"{m.name}_flip_avg")([m(v) for v in views])
+        outs = [call(m, face) if done else
+                keras.layers.Average(name=f"{m.name}_flip_avg")([call(m, v) for v in views])
                 for m, done in zip(models, mirrored)]
     else:
-        outs = [m(v) for m in models for v in views]
+        outs = [call(m, v) for m in models for v in views]
     name = "_".join(dict.fromkeys(m.name for m in models)) if len(models) == 1 else f"ensemble{len(models)}"
     layer = "probs_flip_tta" if len(models) == 1 else "probs_avg"
     return keras.Model(face, keras.layers.Average(name=layer)(outs), name=f"{name}{'_flip_tta' * flip_tta}")

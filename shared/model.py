@@ -132,6 +132,21 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
+def load_keras_network(model_dir: str | Path):
+    """The Keras network of a model directory (model.json + model.weights.h5); FileNotFoundError names a missing
+    file. Keras is imported here only: the TFLite forms never need it."""
+    import keras
+
+    model_dir = Path(model_dir)
+    paths = [model_dir / MODEL_JSON, model_dir / WEIGHTS]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing from the model directory {model_dir}")
+    network = keras.models.model_from_json(paths[0].read_text())
+    network.load_weights(str(paths[1]))
+    return network
+
+
 class FacialExpressionModel:
     """An exported expression model. `backend="tflite"` runs `model_<precision>.tflite` with
     ai-edge-litert (`precision` "int8", the default, or "float32"); `backend="keras"` loads
@@ -190,9 +205,7 @@ class FacialExpressionModel:
     def _load_keras(self) -> None:
         import keras
 
-        arch = self._require(MODEL_JSON).read_text()
-        self._keras = keras.models.model_from_json(arch)
-        self._keras.load_weights(str(self._require(WEIGHTS)))
+        self._keras = load_keras_network(self.model_dir)
         self._to_numpy = keras.ops.convert_to_numpy
 
     def predict_proba(self, faces: np.ndarray | list[np.ndarray]) -> np.ndarray:

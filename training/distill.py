@@ -105,13 +105,9 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 def _load_keras_teacher(model_dir: str, stamps: tuple):
     """A Keras-only teacher's network, loaded once per directory and file version (`stamps`): its compiled
     predict is then reused view after view instead of being traced again for every call."""
-    import keras
+    from shared.model import load_keras_network
 
-    from shared.model import MODEL_JSON, WEIGHTS
-
-    model = keras.models.model_from_json((Path(model_dir) / MODEL_JSON).read_text())
-    model.load_weights(str(Path(model_dir) / WEIGHTS))
-    return model
+    return load_keras_network(model_dir)
 
 
 def keras_teacher_probabilities(model_dir: str | Path, faces: np.ndarray, flip: bool | None = None) -> np.ndarray:

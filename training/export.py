@@ -330,9 +330,7 @@ def load_member(path: str | Path) -> tuple[object, bool, dict]:
     """One member of a Keras-only export: a training run directory (its best PublicTest checkpoint) or an
     exported model directory (its model.json and weights, e.g. the bundled ensemble). Returns (model, whether
     it already averages over the mirrored face, the record of how it was made)."""
-    import keras
-
-    from shared.model import read_card
+    from shared.model import load_keras_network, read_card
     from training.train import CONFIG
 
     path = Path(path)
@@ -340,8 +338,7 @@ def load_member(path: str | Path) -> tuple[object, bool, dict]:
         model, cfg = load_run(path)
         return model, False, _training_record(path, "best", cfg)
     card = read_card(path)
-    model = keras.models.model_from_json((path / MODEL_JSON).read_text())
-    model.load_weights(str(path / WEIGHTS))
+    model = load_keras_network(path)
     return model, bool(card.get("flip_tta", False)), {"model_dir": str(path), "name": card.get("name"),
                                                       "training": card.get("training")}
 

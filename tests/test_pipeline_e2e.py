@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from shared import bus
 from shared.config import Config
@@ -75,6 +76,10 @@ class Pipeline:
         self.ctx = zmq.Context()
         self.heartbeats = bus.heartbeat_sub(self.cfg, self.ctx)
         self.annotated = bus.annotated_sub(self.cfg, self.ctx, hwm=10000)
+        # PUB/SUB drops what is sent before the subscription reaches the publisher: run_video waits for the
+        # handshake, so frame 0 cannot be lost to a late connection under load
+        self._monitor = self.annotated.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._subscribed = False
         self.beats: dict[tuple[str, str], object] = {}
         self.out, self.sent = [], {}
 
@@ -102,6 +107,12 @@ class Pipeline:
                     ann = decode(data, expect="annotated")
                     self.out.append((time.time(), ann))
                     self.sent[ann.frame.seq] = ann.frame  # capture's JPEG (draw=False)
+
+    def subscribed(self) -> bool:
+        """Whether the annotated subscription has completed its handshake with annotate's publisher."""
+        while not self._subscribed and self._monitor.poll(0):
+            self._subscribed = recv_monitor_message(self._monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        return self._subscribed
 
     def wait_for(self, cond, timeout: float, what: str) -> float:
         t0 = time.time()
@@ -141,6 +152,7 @@ class Pipeline:
                     p.kill()
                     p.wait()
                     took[name] = float("inf")
+        self.annotated.disable_monitor()
         self.ctx.destroy(linger=0)
         return took
 
@@ -167,6 +179,7 @@ def run_video(pipe: Pipeline, video: Path, n_frames: int, workers: int, detect_w
     pipe.wait_for(pipe.stages_up("annotate", "classify", "detect", count={"classify": workers,
                                                                          "detect": detect_workers}), 60,
                   "stages to start")
+    pipe.wait_for(pipe.subscribed, 30, "the annotated subscription to reach annotate")
     pipe.start("capture", "--source", str(video), "--fps", str(FPS), "--wait-subscriber-s", "5",
                "--wait-subscribers", str(detect_workers))
     pipe.wait_for(lambda: pipe.procs["capture"].poll() is not None, 30, "capture to reach the end")

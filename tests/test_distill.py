@@ -474,3 +474,41 @@ def test_gpu_route_runs_on_keras_jax_without_tensorflow(zip_subset_for_route, tm
     assert stats["views"] == 2 and stats["ferplus_usable"] > 0.9 * stats["n"]
     rows = (student / HISTORY).read_text().strip().splitlines()
     assert len(rows) == 1 + 2 and (student / "best.weights.h5").is_file()
+
+
+def test_pack_model_halves_the_weights_and_stays_a_keras_teacher(tiny_model_dir, sample_data, tmp_path, capsys):
+    """`ferlive pack-model`: float16 weights, no TFLite forms; the copy is a Keras-only teacher whose
+    probabilities match the original's to float16 precision; a directory lacking its weights is refused."""
+    import shutil
+
+    from shared.model import FacialExpressionModel
+    from training.cli import main
+    from training.distill import is_keras_teacher
+    from training.pack import pack_model
+
+    out = tmp_path / "half"
+    assert main(["pack-model", "--model-dir", str(tiny_model_dir), "--out", str(out)]) == 0
+    assert "as float16" in capsys.readouterr().out
+    import h5py
+
+    def payload(path):  # bytes of the stored arrays (the tiny model's file is mostly HDF5 bookkeeping)
+        with h5py.File(path, "r") as f:
+            sizes = []
+            f.visititems(lambda _, o: sizes.append(o.nbytes) if isinstance(o, h5py.Dataset) else None)
+            return sum(sizes)
+
+    assert payload(out / "model.weights.h5") == payload(tiny_model_dir / "model.weights.h5") // 2
+    assert is_keras_teacher(out) and not list(out.glob("*.tflite"))
+    assert set(json.loads((out / "card.json").read_text())["files"]) == {"card", "keras_json", "keras_weights"}
+    faces = sample_data.split("PublicTest").faces[:64]
+    full = FacialExpressionModel(tiny_model_dir, backend="keras").predict_proba(faces)
+    half = FacialExpressionModel(out, backend="keras").predict_proba(faces)
+    np.testing.assert_allclose(half, full, atol=5e-3)
+    assert (half.argmax(1) == full.argmax(1)).mean() >= 0.95
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "model.weights.h5").unlink()
+    with pytest.raises(FileNotFoundError, match="model.weights.h5"):
+        pack_model(broken, tmp_path / "x")
+    with pytest.raises(ValueError, match="itself"):
+        pack_model(out, out)

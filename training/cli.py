@@ -1,4 +1,4 @@
-"""ferlive command line: explore, train, distill, evaluate, export, predict, analyze, pack-data. Every subcommand has --help."""
+"""ferlive command line: explore, train, distill, evaluate, export, predict, analyze, pack-data, pack-model. Every subcommand has --help."""
 from __future__ import annotations
 
 import argparse

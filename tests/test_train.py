@@ -54,9 +54,10 @@ def test_config_round_trips_through_json():
 # --- the CLI -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,expect", [
-    ([], ["explore", "train", "pack-data"]),
+    ([], ["explore", "train", "pack-data", "pack-model"]),
     (["train"], ["--model", "--run-dir", "--epochs", "--per-class", "resume", "--time-budget", "--augment-ahead"]),
     (["pack-data"], ["--out", "--splits", "PrivateTest"]),
+    (["pack-model"], ["--model-dir", "--out", "float16"]),
     (["export"], ["--keras-only"]),
     (["explore"], ["--data", "--out"]),
 ])

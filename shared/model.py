@@ -132,18 +132,27 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
-def load_keras_network(model_dir: str | Path):
-    """The Keras network of a model directory (model.json + model.weights.h5); FileNotFoundError names a missing
-    file. Keras is imported here only: the TFLite forms never need it."""
-    import keras
-
+def keras_files(model_dir: str | Path) -> tuple[Path, Path]:
+    """(model.json, model.weights.h5) of a model directory; FileNotFoundError names a missing one."""
     model_dir = Path(model_dir)
-    paths = [model_dir / MODEL_JSON, model_dir / WEIGHTS]
+    paths = (model_dir / MODEL_JSON, model_dir / WEIGHTS)
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing from the model directory {model_dir}")
-    network = keras.models.model_from_json(paths[0].read_text())
-    network.load_weights(str(paths[1]))
+    return paths
+
+
+def load_keras_network(model_dir: str | Path):
+    """The Keras network of a model directory (model.json + model.weights.h5), returning one tensor even where
+    its model.json names its one output in a list; FileNotFoundError names a missing file. Keras is imported
+    here only: the TFLite forms never need it."""
+    import keras
+
+    arch, weights = keras_files(model_dir)
+    network = keras.models.model_from_json(arch.read_text())
+    network.load_weights(str(weights))
+    if isinstance(network.output, (list, tuple)) and len(network.outputs) == 1:
+        network = keras.Model(network.inputs, network.outputs[0], name=network.name)
     return network
 
 

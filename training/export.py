@@ -67,18 +67,13 @@ def averaged_model(models: list, flip_tta: bool = False, mirrored: list[bool] | 
     if len({m.name for m in models}) < len(models):  # nested models are layers: their names must differ
         for i, m in enumerate(models, start=1):
             m.name = f"{m.name}_{i}"
-    def call(m, x):  # a network read back from model.json may return its one output in a list
-        out = m(x)
-        return out[0] if isinstance(out, (list, tuple)) else out
-
     face = keras.Input(shape=models[0].input_shape[1:], name="face")
     views = [face, keras.ops.flip(face, axis=2)] if flip_tta else [face]
     if flip_tta and any(mirrored):  # a mean per member first, so a mirrored member weighs as much as the others
-        outs = [call(m, face) if done else
-                keras.layers.Average(name=f"{m.name}_flip_avg")([call(m, v) for v in views])
+        outs = [m(face) if done else keras.layers.Average(name=f"{m.name}_flip_avg")([m(v) for v in views])
                 for m, done in zip(models, mirrored)]
     else:
-        outs = [call(m, v) for m in models for v in views]
+        outs = [m(v) for m in models for v in views]
     name = "_".join(dict.fromkeys(m.name for m in models)) if len(models) == 1 else f"ensemble{len(models)}"
     layer = "probs_flip_tta" if len(models) == 1 else "probs_avg"
     return keras.Model(face, keras.layers.Average(name=layer)(outs), name=f"{name}{'_flip_tta' * flip_tta}")
@@ -232,17 +227,7 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
     training, mirrored = None, None
     sources = model_or_run_dir if isinstance(model_or_run_dir, (list, tuple)) else [model_or_run_dir]
     if all(isinstance(s, (str, Path)) for s in sources):
-        models, mirrored, records = [], [], []
-        for run in map(Path, sources):
-            if weights == "best":  # a run's best checkpoint or an exported model directory (load_member)
-                m, done, record = load_member(run)
-            else:
-                m, cfg = load_run(run, weights)
-                done, record = False, _training_record(run, weights, cfg)
-            models.append(m)
-            mirrored.append(done)
-            records.append(record)
-            data = data if data is not None else (record.get("config") or {}).get("data")
+        models, mirrored, records, data = _load_members(sources, data, weights)
         training = records[0] if len(records) == 1 else {"ensemble": records, "timing": {
             "seconds": sum((r.get("timing") or {}).get("seconds", 0.0) for r in records),
             "sessions": sum((r.get("timing") or {}).get("sessions", 0) for r in records)}}
@@ -326,21 +311,34 @@ def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None 
     return card
 
 
-def load_member(path: str | Path) -> tuple[object, bool, dict]:
-    """One member of a Keras-only export: a training run directory (its best PublicTest checkpoint) or an
+def load_member(path: str | Path, weights: str = "best") -> tuple[object, bool, dict]:
+    """One member of an export: a training run directory (its best PublicTest checkpoint, or `weights`) or an
     exported model directory (its model.json and weights, e.g. the bundled ensemble). Returns (model, whether
     it already averages over the mirrored face, the record of how it was made)."""
     from shared.model import load_keras_network, read_card
     from training.train import CONFIG
 
     path = Path(path)
-    if (path / CONFIG).is_file() or not (path / MODEL_JSON).is_file():
-        model, cfg = load_run(path)
-        return model, False, _training_record(path, "best", cfg)
+    if weights != "best" or (path / CONFIG).is_file() or not (path / MODEL_JSON).is_file():
+        model, cfg = load_run(path, weights)
+        return model, False, _training_record(path, weights, cfg)
     card = read_card(path)
     model = load_keras_network(path)
     return model, bool(card.get("flip_tta", False)), {"model_dir": str(path), "name": card.get("name"),
                                                       "training": card.get("training")}
+
+
+def _load_members(paths, data, weights: str = "best") -> tuple[list, list[bool], list[dict], object]:
+    """load_member for each path -> (models, mirrored flags, records, data: the given one, else the first
+    training run's)."""
+    models, mirrored, records = [], [], []
+    for path in paths:
+        m, done, record = load_member(path, weights)
+        models.append(m)
+        mirrored.append(done)
+        records.append(record)
+        data = data if data is not None else (record.get("config") or {}).get("data")
+    return models, mirrored, records, data
 
 
 def export_keras_only(run_dirs: list[str | Path], out_dir: str | Path, data: str | Path | None = None,
@@ -354,13 +352,7 @@ def export_keras_only(run_dirs: list[str | Path], out_dir: str | Path, data: str
 
     from training.data import load_fer2013
 
-    models, mirrored, records = [], [], []
-    for path in run_dirs:
-        m, done, record = load_member(path)
-        models.append(m)
-        mirrored.append(done)
-        records.append(record)
-        data = data if data is not None else (record.get("config") or {}).get("data")
+    models, mirrored, records, data = _load_members(run_dirs, data)
     if data is None:
         raise ValueError("--data is needed: no member is a training run that names its data")
     fer = load_fer2013(data)

@@ -53,19 +53,17 @@ def pack_model(model_dir: str | Path, out: str | Path) -> dict:
 
     import h5py
 
-    from shared.model import CARD, MODEL_JSON, WEIGHTS, read_card
+    from shared.model import CARD, MODEL_JSON, WEIGHTS, keras_files, read_card
 
     src, dst = Path(model_dir), Path(out)
     card = read_card(src)
-    for name in (MODEL_JSON, WEIGHTS):
-        if not (src / name).is_file():
-            raise FileNotFoundError(f"{src / name} is missing from the model directory {src}")
+    arch, weights = keras_files(src)
     if dst.resolve() == src.resolve():
         raise ValueError(f"--out {dst} is the model directory itself")
     dst.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / MODEL_JSON, dst / MODEL_JSON)
+    shutil.copyfile(arch, dst / MODEL_JSON)
     cast = 0
-    with h5py.File(src / WEIGHTS, "r") as fin, h5py.File(dst / WEIGHTS, "w") as fout:
+    with h5py.File(weights, "r") as fin, h5py.File(dst / WEIGHTS, "w") as fout:
         def copy(name, obj):
             nonlocal cast
             if isinstance(obj, h5py.Dataset):
@@ -82,7 +80,7 @@ def pack_model(model_dir: str | Path, out: str | Path) -> dict:
     card["files"] = {k: v for k, v in card.get("files", {}).items() if k in ("card", "keras_json", "keras_weights")}
     card["packed"] = {"from": str(src), "weights": "float16 (cast from float32 by `ferlive pack-model`)"}
     (dst / CARD).write_text(json.dumps(card, indent=2))
-    summary = {"out": str(dst), "float16_arrays": cast, "bytes_before": (src / WEIGHTS).stat().st_size,
+    summary = {"out": str(dst), "float16_arrays": cast, "bytes_before": weights.stat().st_size,
                "bytes_after": (dst / WEIGHTS).stat().st_size}
     log.info("packed %s", summary)
     return summary

@@ -54,11 +54,12 @@ def test_config_round_trips_through_json():
 # --- the CLI -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,expect", [
-    ([], ["explore", "train", "pack-data", "pack-model"]),
+    ([], ["explore", "train", "pack-data", "pack-model", "soup"]),
     (["train"], ["--model", "--run-dir", "--epochs", "--per-class", "resume", "--time-budget", "--augment-ahead"]),
     (["pack-data"], ["--out", "--splits", "PrivateTest"]),
     (["pack-model"], ["--model-dir", "--out", "float16"]),
     (["export"], ["--keras-only"]),
+    (["soup"], ["--run-dir", "--weights", "--uniform", "greedy"]),
     (["explore"], ["--data", "--out"]),
 ])
 def test_cli_help(tmp_path, args, expect):

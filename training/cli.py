@@ -1,4 +1,4 @@
-"""ferlive command line: explore, train, distill, evaluate, export, predict, analyze, pack-data, pack-model. Every subcommand has --help."""
+"""ferlive command line: explore, train, distill, evaluate, export, predict, analyze, pack-data, pack-model, soup. Every subcommand has --help."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "training.predict",
     "training.analyze",
     "training.pack",
+    "training.soup",
 )
 
 

@@ -37,15 +37,16 @@ def _read_json(path: Path) -> dict | None:
 
 def load_run(run_dir: str | Path, weights: str = "best"):
     """Rebuild a training run's model (no augmentation: it is identity at inference) from its config.json
-    and load its checkpoint ("best": best.weights.h5 chosen on PublicTest, or a path). -> (model, config)."""
+    and load its checkpoint ("best": best.weights.h5 chosen on PublicTest; "last": the final weights in
+    last.keras; or a path). -> (model, config)."""
     from training.models import create_model
-    from training.train import BEST_WEIGHTS, CONFIG
+    from training.train import BEST_WEIGHTS, CONFIG, LAST_MODEL
 
     run = Path(run_dir)
     cfg = _read_json(run / CONFIG)
     if cfg is None:
         raise FileNotFoundError(f"{run / CONFIG} is missing; is {run} a run directory of `ferlive train`?")
-    path = run / BEST_WEIGHTS if weights == "best" else Path(weights)
+    path = {"best": run / BEST_WEIGHTS, "last": run / LAST_MODEL}.get(weights, Path(weights))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} is missing (train the run first, or pass --weights PATH)")
     model = create_model(cfg["model"])
@@ -198,9 +199,9 @@ def _chain_seconds(record: dict | None) -> float:
 
 
 def _training_record(run: Path, weights: str, cfg: dict) -> dict:
-    from training.train import BEST_WEIGHTS, INIT_SOURCE, TIMING
+    from training.train import BEST_WEIGHTS, INIT_SOURCE, LAST_MODEL, TIMING
 
-    record = {"run_dir": str(run), "weights": weights if weights != "best" else BEST_WEIGHTS,
+    record = {"run_dir": str(run), "weights": {"best": BEST_WEIGHTS, "last": LAST_MODEL}.get(weights, weights),
               "command": cfg.get("command"), "timing": _read_json(run / TIMING),
               "config": {k: v for k, v in cfg.items() if k != "command"}}
     init = _read_json(run / INIT_SOURCE)
@@ -216,15 +217,16 @@ def _training_record(run: Path, weights: str, cfg: dict) -> dict:
 def export_model(model_or_run_dir, out_dir: str | Path, data: str | Path | None = None, weights: str = "best",
                  flip_tta: bool = False, calibration_faces: int = 500, seed: int = 0,
                  max_int8_drop: float | None = MAX_INT8_DROP, name: str | None = None,
-                 keep_float32_file: bool = True) -> dict:
+                 keep_float32_file: bool = True, training: dict | None = None) -> dict:
     """Export a Keras model, a training run directory or a list of run directories (an ensemble
     whose every form averages the members) to out_dir and measure every form on PublicTest and
     PrivateTest. Raises ExportError when float32 TFLite disagrees with Keras or int8 loses more than
     max_int8_drop PublicTest accuracy (None: skip that gate). keep_float32_file=False deletes the float32
-    TFLite once it has been measured and checked (a smaller directory to ship). Returns the card."""
+    TFLite once it has been measured and checked (a smaller directory to ship). training: the card's record of
+    how a Keras model passed in was made (run directories bring their own). Returns the card."""
     from training.data import load_fer2013
 
-    training, mirrored = None, None
+    mirrored = None
     sources = model_or_run_dir if isinstance(model_or_run_dir, (list, tuple)) else [model_or_run_dir]
     if all(isinstance(s, (str, Path)) for s in sources):
         models, mirrored, records, data = _load_members(sources, data, weights)

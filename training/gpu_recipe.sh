@@ -18,8 +18,9 @@
 #   bash training/gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]      (see docs/gpu.md)
 #
 # DATA is a `ferlive pack-data` copy (Training + PublicTest: PrivateTest never reaches the GPU).
-# Environment overrides (and for a dry run on a CPU): TEACHERS, PER_CLASS, VIEWS, TEACHER_SHARE, RUNS, STUDENTS
-# (name:model:teacher-weight:ferplus-weight[:model directory to start from] ...), BASE_TEACHER.
+# Environment overrides (and for a dry run on a CPU): TEACHERS, TEACHER_FERPLUS, PER_CLASS, VIEWS, TEACHER_SHARE, RUNS, STUDENTS
+# (name:model:teacher-weight:ferplus-weight[:model directory to start from[:optimizer[:learning rate]]] ...; an empty
+# field keeps the default), BASE_TEACHER.
 set -u
 DATA=${1:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
 OUT=${2:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
@@ -42,9 +43,11 @@ say() { echo "[$(( SECONDS - START ))s] $*"; }
 TB=$(( TOTAL * ${TEACHER_SHARE:-42} / 100 - 10 ))
 [ "$TB" -ge 30 ] || { say "SECONDS=$TOTAL leaves the teachers $TB s; give the recipe more time"; exit 2; }
 T=$(seq 1 "${TEACHERS:-1}")
+TCMD=(train)  # TEACHER_FERPLUS=W: the teachers learn the FER+ crowd's votes too (share W of the target)
+[ -n "${TEACHER_FERPLUS:-}" ] && TCMD=(distill --teacher-weight 0 --ferplus-weight "$TEACHER_FERPLUS")
 say "teachers: $(echo $T | wc -w) x vgg_wide, --time-budget $TB s"
 for s in $T; do
-  "$PY" -m training train --model vgg_wide --data "$DATA" --run-dir "$R/t$s" --seed "$s" --epochs 150 \
+  "$PY" -m training "${TCMD[@]}" --model vgg_wide --data "$DATA" --run-dir "$R/t$s" --seed "$s" --epochs 150 \
     --batch-size 128 --lr 1e-3 --erasing 0.25 --augment-ahead 16 --time-budget "$TB" $LIMIT > "$R/t$s.log" 2>&1 &
 done
 wait
@@ -85,11 +88,12 @@ SB=$(( $(left) - 30 ))
 if [ "$SB" -lt 30 ]; then say "no time left for the students ($SB s)"; STUDENTS=""; fi
 say "students, --time-budget $SB s"
 for spec in $STUDENTS; do
-  IFS=: read -r name model tw fw init <<< "$spec"
+  IFS=: read -r name model tw fw init opt lr <<< "$spec"
   mkdir -p "$R/s_$name" && cp "$R/views/teacher_views.npz" "$R/s_$name/" 2>/dev/null
   (  # each student is packed the moment it ends (checkpoint, config, curves, timing), so a late one loses only itself
     "$PY" -m training distill --model "$model" --teacher-weight "$tw" --ferplus-weight "$fw" "${COMMON[@]}" \
-      --epochs 150 --time-budget "$SB" --run-dir "$R/s_$name" ${init:+--init-from "$init"} $LIMIT \
+      --epochs 150 --time-budget "$SB" --run-dir "$R/s_$name" ${init:+--init-from "$init"} \
+      ${opt:+--optimizer "$opt"} ${lr:+--lr "$lr"} $LIMIT \
       > "$R/s_$name.log" 2>&1
     tar -czf "$OUT/s_$name.tgz" -C "$R" --exclude teacher_views.npz --exclude backup --exclude last.keras \
       "s_$name" "s_$name.log"

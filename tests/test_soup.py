@@ -96,3 +96,37 @@ def test_soup_refuses_different_networks_and_a_single_ingredient(tiny_run_dir, t
                        text=True, timeout=300)
     assert r.returncode == 2 and "missing" in r.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_greedy_soup_judged_on_both_metrics_scores_the_mean_with_the_ferplus_majority(fine_tunes, images_zip,
+                                                                                        sample_csv, tmp_path):
+    from training.data import load_fer2013
+    from training.evaluate import keras_predict, predict_all
+    from training.export import load_run
+    from training.ferplus import EXCLUDED, load_ferplus
+    from training.soup import cook, make_soup
+    from shared.preprocess import to_model_input
+
+    fer = load_fer2013(images_zip)
+    public = fer.split("PublicTest")
+    majority = load_ferplus(images_zip).majority(fer, "PublicTest")[:800]
+    faces, labels = public.faces[:800], public.labels[:800]
+    keep = majority != EXCLUDED
+    assert 0 < keep.sum() < len(keep)  # some faces have no FER+ majority: they count in the label part only
+
+    def both(model) -> float:
+        pred = predict_all(keras_predict(model), faces).argmax(1)
+        return 0.5 * (float(np.mean(pred == labels)) + float(np.mean(pred[keep] == majority[keep])))
+
+    models = [load_run(r)[0] for r in fine_tunes] + [load_run(fine_tunes[1], "last")[0]]
+    soup, record = cook(models, to_model_input(faces), labels, greedy=True, majority=majority)
+    assert record["judged_on"].startswith("PublicTest: mean") and "FER+ majority" in record["judged_on"]
+    assert record["ingredients_alone"] == pytest.approx([both(m) for m in models], abs=1e-9)
+    _, by_labels = cook(models, to_model_input(faces), labels, greedy=True)
+    assert by_labels["ingredients_alone"] != record["ingredients_alone"]
+    assert record["accuracy"] == pytest.approx(both(soup), abs=1e-9) and record["accuracy"] >= max(
+        record["ingredients_alone"])
+
+    with pytest.raises(ValueError, match="--judge both needs the FER\\+ votes"):  # the sample CSV has none
+        make_soup(fine_tunes, tmp_path / "s", data=sample_csv, judge="both")
+    assert not (tmp_path / "s").exists()

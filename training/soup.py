@@ -4,14 +4,17 @@ starting point (e.g. `ferlive distill --init-from models/X` with different learn
 they lie in one basin where the average of their weights is itself a good network.
 
 Greedy soup (the default): the ingredients are sorted by PublicTest accuracy (Keras), and each is added only
-if the soup's PublicTest accuracy does not fall; the best ingredient alone is the worst case. `--uniform`
-averages all of them. Batch-norm statistics are averaged like the other weights. PrivateTest is never used for
+if the soup's PublicTest accuracy does not fall; the best ingredient alone is the worst case. `--judge both`
+scores every step by the mean of PublicTest accuracy against FER2013's labels and against the FER+ majority vote
+(the second metric; faces without a majority count in the first part only), so that a soup that fits FER2013's
+own labels at the cost of the crowd's is not chosen. `--uniform` averages all of them. Batch-norm statistics are averaged like the other weights. PrivateTest is never used for
 any choice: it is measured once, by the export that writes the soup's model directory.
 
     python -m training soup --run-dir runs/ft_a runs/ft_b runs/ft_c --out models/soup [--weights last]
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -51,43 +54,58 @@ def average_weights(target, models: list) -> None:
                            for ws in zip(*per_model)])
 
 
-def _accuracy(model, x: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(model.predict(x, batch_size=512, verbose=0).argmax(1) == labels))
+def _score(model, x: np.ndarray, labels: np.ndarray, majority: np.ndarray | None = None) -> float:
+    """Accuracy against `labels`; with `majority` (FER+ majority labels, EXCLUDED where none), the mean of that
+    and the accuracy against the majority over the faces that have one."""
+    from training.ferplus import EXCLUDED
+
+    pred = model.predict(x, batch_size=512, verbose=0).argmax(1)
+    acc = float(np.mean(pred == labels))
+    if majority is None:
+        return acc
+    keep = majority != EXCLUDED
+    return 0.5 * (acc + float(np.mean(pred[keep] == majority[keep])))
 
 
-def cook(models: list, x: np.ndarray, labels: np.ndarray, greedy: bool = True) -> tuple[object, dict]:
+def cook(models: list, x: np.ndarray, labels: np.ndarray, greedy: bool = True,
+         majority: np.ndarray | None = None) -> tuple[object, dict]:
     """Average `models` into the first one's architecture, greedily (see the module doc) or uniformly, judged
-    on (x, labels) — PublicTest. Returns (the soup, a record: each ingredient's accuracy, which were kept, the
-    soup's accuracy)."""
+    on (x, labels) — PublicTest — or, with `majority` (the same faces' FER+ majority labels), on the mean of
+    both accuracies. Returns (the soup, a record: each ingredient's score, which were kept, the soup's score)."""
     from training.models import create_model
 
-    alone = [_accuracy(m, x, labels) for m in models]
+    score = functools.partial(_score, majority=majority)
+    alone = [score(m, x, labels) for m in models]
     order = sorted(range(len(models)), key=lambda i: -alone[i])
     soup = create_model(models[0].name)
     kept = order if not greedy else [order[0]]
     average_weights(soup, [models[i] for i in kept])
-    best = _accuracy(soup, x, labels)
+    best = score(soup, x, labels)
     tried = []
+    judged = "accuracy" if majority is None else "mean of label and FER+ majority accuracy"
     if greedy:
         for i in order[1:]:
             average_weights(soup, [models[j] for j in kept + [i]])
-            acc = _accuracy(soup, x, labels)
+            acc = score(soup, x, labels)
             tried.append({"ingredient": i, "accuracy": acc, "kept": acc >= best})
-            log.info("soup + ingredient %d: PublicTest %.4f (%s %.4f)", i, acc, "kept, was" if acc >= best
-                     else "left out, stays", best)
+            log.info("soup + ingredient %d: PublicTest %s %.4f (%s %.4f)", i, judged, acc,
+                     "kept, was" if acc >= best else "left out, stays", best)
             if acc >= best:
                 kept, best = kept + [i], acc
         average_weights(soup, [models[j] for j in kept])
-    return soup, {"method": "greedy" if greedy else "uniform", "judged_on": "PublicTest",
+    return soup, {"method": "greedy" if greedy else "uniform",
+                  "judged_on": "PublicTest" if majority is None else "PublicTest: mean of the accuracy against "
+                                                                     "FER2013's labels and the FER+ majority",
                   "ingredients_alone": alone, "kept": sorted(kept), "greedy_steps": tried, "accuracy": best}
 
 
 def make_soup(paths: list[str | Path], out_dir: str | Path, data: str | Path | None = None, weights: str = "best",
               greedy: bool = True, name: str | None = None, keep_float32_file: bool = True,
-              max_int8_drop: float | None = None) -> dict:
+              max_int8_drop: float | None = None, judge: str = "labels") -> dict:
     """Soup of the runs (or exported single-network model directories) at `paths`, exported to out_dir like
     `ferlive export` does (every form measured, int8 gate). weights: "best" (each run's best PublicTest
-    checkpoint) or "last" (each run's final weights). Returns the card."""
+    checkpoint) or "last" (each run's final weights). judge: "labels" (PublicTest accuracy) or "both" (its mean
+    with the FER+ majority accuracy; ValueError when the votes are not there). Returns the card."""
     from training.data import load_fer2013
     from training.export import MAX_INT8_DROP, _load_members, export_model
 
@@ -98,8 +116,18 @@ def make_soup(paths: list[str | Path], out_dir: str | Path, data: str | Path | N
         raise ValueError(f"{[str(p) for p, m in zip(paths, mirrored) if m]}: flip averaging is baked in; "
                          f"use the run directories (a soup averages one network's weights)")
     check_ingredients(models, [str(p) for p in paths])
-    public = load_fer2013(data).split("PublicTest")
-    soup, record = cook(models, to_model_input(public.faces), public.labels, greedy)
+    if judge not in ("labels", "both"):
+        raise ValueError(f"judge must be 'labels' or 'both', not {judge!r}")
+    fer = load_fer2013(data)
+    public = fer.split("PublicTest")
+    majority = None
+    if judge == "both":
+        from training.ferplus import majority_or_none, votes_or_none
+
+        majority = majority_or_none(votes_or_none(data), fer, "PublicTest")
+        if majority is None:
+            raise ValueError(f"--judge both needs the FER+ votes for {data} (the image zip or a pack-data copy)")
+    soup, record = cook(models, to_model_input(public.faces), public.labels, greedy, majority)
     own = [float((r.get("timing") or {}).get("seconds", 0.0)) for r in records]
     chain = [float((r.get("timing") or {}).get("seconds_with_init_chain", o)) - o for r, o in zip(records, own)]
     timing = {"seconds": sum(own), "seconds_with_init_chain": sum(own) + max(chain),
@@ -121,6 +149,9 @@ def add_cli(sub) -> None:
     p.add_argument("--weights", choices=("best", "last"), default="best",
                    help="each run's best PublicTest checkpoint, or its final weights (last.keras)")
     p.add_argument("--uniform", action="store_true", help="average every ingredient (default: greedy)")
+    p.add_argument("--judge", choices=("labels", "both"), default="labels",
+                   help="greedy steps judged on PublicTest accuracy against FER2013's labels, or on its mean "
+                        "with the accuracy against the FER+ majority vote")
     p.add_argument("--data", default=None, help="FER2013 CSV, folder or zip (default: the first run's data)")
     p.add_argument("--name", default=None, help="model name for the card (default: <architecture>_soup)")
     p.add_argument("--max-int8-drop", type=float, default=1.0,
@@ -135,7 +166,8 @@ def _cmd_soup(a) -> int:
 
     try:
         card = make_soup(a.run_dir, a.out, data=a.data, weights=a.weights, greedy=not a.uniform, name=a.name,
-                         keep_float32_file=not a.no_float32_file, max_int8_drop=a.max_int8_drop / 100)
+                         keep_float32_file=not a.no_float32_file, max_int8_drop=a.max_int8_drop / 100,
+                         judge=a.judge)
     except (ValueError, FileNotFoundError) as e:
         log.error("soup: %s", e)
         return 2

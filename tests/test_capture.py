@@ -164,9 +164,12 @@ def test_two_sources_send_frames_of_both_ids(cfg, tmp_path):
     frames, beats, alive = collect(cfg, lambda f, b: False)
     assert not alive
     by_id = {sid: [f.seq for f in frames if f.source_id == sid] for sid in ("hall", "door")}
-    assert by_id == {"hall": list(range(15)), "door": list(range(15))}
+    assert all(seqs == sorted(seqs) and seqs[-1] == 14 for seqs in by_id.values())  # in order, to the last
     assert {(f.width, f.height) for f in frames} == {(160, 120)}
     last = beats[-1]
+    # every frame reached the collector unless a newer one of its source replaced it first (counted as superseded:
+    # the collector, a worker here, can be slow on a loaded machine)
+    assert len(frames) + last.counters.get("superseded", 0) == 30
     assert last.counters["frames_out"] == 30 and last.counters["rewinds"] == 1
     assert set(last.sources) == {"hall", "door"}
     assert last.sources["hall"].counters["frames_out"] == 15 and last.sources["door"].counters["rewinds"] == 1
@@ -179,10 +182,14 @@ def test_a_missing_file_does_not_stop_the_other_sources(cfg, tmp_path):
     frames, beats, alive = collect(cfg, lambda f, b: False)
     assert not alive
     assert sorted({f.source_id for f in frames}) == ["demo", "demo#2"]
-    assert sum(f.source_id == "demo#2" for f in frames) == 20
     hb = beats[-1]
     assert hb.sources[missing].status == "missing" and "nope.avi" in hb.sources[missing].detail
-    assert hb.sources["demo"].counters["frames_out"] == 20
+    for sid in ("demo", "demo#2"):  # both demos made and sent every frame; what arrived came in order to the last
+        seqs = [f.seq for f in frames if f.source_id == sid]
+        assert hb.sources[sid].counters["frames_out"] == 20 and seqs == sorted(seqs) and seqs[-1] == 19
+    # live frames: one that no worker asked for before its source's next one is superseded (counted), never lost
+    # silently; on a loaded machine the collector here can be that slow worker
+    assert len(frames) + hb.counters.get("superseded", 0) == 40
     assert any(b.status == "degraded" and "nope.avi" in b.detail for b in beats)
 
 

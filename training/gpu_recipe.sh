@@ -18,9 +18,9 @@
 #   bash training/gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]      (see docs/gpu.md)
 #
 # DATA is a `ferlive pack-data` copy (Training + PublicTest: PrivateTest never reaches the GPU).
-# Environment overrides (and for a dry run on a CPU): TEACHERS, TEACHER_FERPLUS, PER_CLASS, VIEWS, TEACHER_SHARE, RUNS, STUDENTS
-# (name:model:teacher-weight:ferplus-weight[:model directory to start from[:optimizer[:learning rate]]] ...; an empty
-# field keeps the default), BASE_TEACHER.
+# Environment overrides (and for a dry run on a CPU): TEACHERS, TEACHER_FERPLUS, PER_CLASS, VIEWS, TEACHER_SHARE,
+# RUNS, STUDENTS (name:model:teacher-weight:ferplus-weight[:model directory to start from[:optimizer[:learning
+# rate]]] ...; an empty field keeps the default), BASE_TEACHER.
 set -u
 DATA=${1:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
 OUT=${2:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}

@@ -7,14 +7,14 @@ Greedy soup (the default): the ingredients are sorted by PublicTest accuracy (Ke
 if the soup's PublicTest accuracy does not fall; the best ingredient alone is the worst case. `--judge both`
 scores every step by the mean of PublicTest accuracy against FER2013's labels and against the FER+ majority vote
 (the second metric; faces without a majority count in the first part only), so that a soup that fits FER2013's
-own labels at the cost of the crowd's is not chosen. `--uniform` averages all of them. Batch-norm statistics are averaged like the other weights. PrivateTest is never used for
-any choice: it is measured once, by the export that writes the soup's model directory.
+own labels at the cost of the crowd's is not chosen. `--uniform` averages all of them. Batch-norm statistics are
+averaged like the other weights. PrivateTest is never used for any choice: it is measured once, by the export that
+writes the soup's model directory.
 
     python -m training soup --run-dir runs/ft_a runs/ft_b runs/ft_c --out models/soup [--weights last]
 """
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -57,14 +57,11 @@ def average_weights(target, models: list) -> None:
 def _score(model, x: np.ndarray, labels: np.ndarray, majority: np.ndarray | None = None) -> float:
     """Accuracy against `labels`; with `majority` (FER+ majority labels, EXCLUDED where none), the mean of that
     and the accuracy against the majority over the faces that have one."""
-    from training.ferplus import EXCLUDED
+    from training.ferplus import majority_accuracy
 
-    pred = model.predict(x, batch_size=512, verbose=0).argmax(1)
-    acc = float(np.mean(pred == labels))
-    if majority is None:
-        return acc
-    keep = majority != EXCLUDED
-    return 0.5 * (acc + float(np.mean(pred[keep] == majority[keep])))
+    probs = model.predict(x, batch_size=512, verbose=0)
+    acc = float(np.mean(probs.argmax(1) == labels))
+    return acc if majority is None else 0.5 * (acc + majority_accuracy(probs, majority)["accuracy"])
 
 
 def cook(models: list, x: np.ndarray, labels: np.ndarray, greedy: bool = True,
@@ -74,19 +71,21 @@ def cook(models: list, x: np.ndarray, labels: np.ndarray, greedy: bool = True,
     both accuracies. Returns (the soup, a record: each ingredient's score, which were kept, the soup's score)."""
     from training.models import create_model
 
-    score = functools.partial(_score, majority=majority)
-    alone = [score(m, x, labels) for m in models]
+    def score(model) -> float:
+        return _score(model, x, labels, majority)
+
+    alone = [score(m) for m in models]
     order = sorted(range(len(models)), key=lambda i: -alone[i])
     soup = create_model(models[0].name)
     kept = order if not greedy else [order[0]]
     average_weights(soup, [models[i] for i in kept])
-    best = score(soup, x, labels)
+    best = score(soup)
     tried = []
     judged = "accuracy" if majority is None else "mean of label and FER+ majority accuracy"
     if greedy:
         for i in order[1:]:
             average_weights(soup, [models[j] for j in kept + [i]])
-            acc = score(soup, x, labels)
+            acc = score(soup)
             tried.append({"ingredient": i, "accuracy": acc, "kept": acc >= best})
             log.info("soup + ingredient %d: PublicTest %s %.4f (%s %.4f)", i, judged, acc,
                      "kept, was" if acc >= best else "left out, stays", best)
@@ -111,13 +110,13 @@ def make_soup(paths: list[str | Path], out_dir: str | Path, data: str | Path | N
 
     if len(paths) < 2:
         raise ValueError("a soup needs at least two ingredients")
+    if judge not in ("labels", "both"):
+        raise ValueError(f"judge must be 'labels' or 'both', not {judge!r}")
     models, mirrored, records, data = _load_members(paths, data, weights)
     if any(mirrored):
         raise ValueError(f"{[str(p) for p, m in zip(paths, mirrored) if m]}: flip averaging is baked in; "
                          f"use the run directories (a soup averages one network's weights)")
     check_ingredients(models, [str(p) for p in paths])
-    if judge not in ("labels", "both"):
-        raise ValueError(f"judge must be 'labels' or 'both', not {judge!r}")
     fer = load_fer2013(data)
     public = fer.split("PublicTest")
     majority = None

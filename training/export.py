@@ -35,10 +35,11 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_run(run_dir: str | Path, weights: str = "best"):
+def load_run(run_dir: str | Path, weights: str = "best", fuse: bool = True):
     """Rebuild a training run's model (no augmentation: it is identity at inference) from its config.json
     and load its checkpoint ("best": best.weights.h5 chosen on PublicTest; "last": the final weights in
-    last.keras; or a path). -> (model, config)."""
+    last.keras; or a path). A run of RepVGG blocks comes back folded into its plain twin unless fuse=False
+    (training.reparam). -> (model, config)."""
     from training.models import create_model
     from training.train import BEST_WEIGHTS, CONFIG, LAST_MODEL
 
@@ -51,6 +52,9 @@ def load_run(run_dir: str | Path, weights: str = "best"):
         raise FileNotFoundError(f"checkpoint {path} is missing (train the run first, or pass --weights PATH)")
     model = create_model(cfg["model"])
     model.load_weights(str(path))
+    if fuse:
+        from training.reparam import fuse as fold
+        model = fold(model)
     return model, cfg
 
 

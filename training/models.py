@@ -30,9 +30,23 @@ def _inputs(input_shape, augment):
     return inp, x
 
 
-def _conv_bn_relu(x, filters, kernel, name):
+def _conv_bn_relu(x, filters, kernel, name, rep: bool = False):
+    """Conv, BN, ReLU. rep=True (RepVGG, Ding et al. 2021; 3x3 kernels only) adds, for training, a 1x1
+    conv + BN branch and, where the channels match, an identity BN branch beside the 3x3 conv + BN, summed
+    before the ReLU; `training.reparam.fuse` folds the three into one 3x3 conv for inference, so the served
+    network is the plain one. The side branches' BN scales start at zero: a rep model initialised from its
+    plain twin computes the same function."""
+    inp = x
     x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    if rep:
+        if kernel != 3:
+            raise ValueError(f"rep blocks have 3x3 kernels, not {kernel}")
+        side = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_rep1")(inp)
+        branches = [x, layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_rep1_bn")(side)]
+        if inp.shape[-1] == filters:
+            branches.append(layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_repid_bn")(inp))
+        x = layers.Add(name=f"{name}_rep_add")(branches)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -87,7 +101,7 @@ def xception_wide(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augme
 def vgg_lite(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None,
              widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.4,
              convs: tuple[int, ...] | None = None, head: str = "gap", stem: str = "pool",
-             name: str = "vgg_lite") -> keras.Model:
+             rep: bool = False, name: str = "vgg_lite") -> keras.Model:
     """A compact VGG: one 3x3 conv at 48x48, then two 3x3 convs (or `convs[i]`) at each of 24, 12 and 6
     pixels (all BN + ReLU, max-pool between), global average pooling (or, with head="flatten", the 6x6 map
     kept whole so the classifier knows where a feature is), dropout, softmax. Full convolutions run far
@@ -95,23 +109,25 @@ def vgg_lite(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=No
 
     stem="s2d" replaces the first conv at 48x48 and its pool by space-to-depth (each 2x2 block of pixels
     becomes 4 channels at 24x24) and the 3x3 conv there: no pixel is dropped, and it runs in a third of the
-    time (a one-channel conv at 48x48 keeps the int8 kernels poorly busy)."""
+    time (a one-channel conv at 48x48 keeps the int8 kernels poorly busy).
+
+    rep=True trains every conv as a RepVGG block (see _conv_bn_relu); the fused network is this one."""
     convs = convs or (2,) * (len(widths) - 1)
     inp, x = _inputs(input_shape, augment)
     if stem == "pool":
-        x = _conv_bn_relu(x, widths[0], 3, "s1c1")
+        x = _conv_bn_relu(x, widths[0], 3, "s1c1", rep)
         x = layers.MaxPooling2D(2, name="s1_pool")(x)
     elif stem == "s2d":
         h, w, c = input_shape
         x = layers.Reshape((h // 2, 2, w // 2, 2 * c), name="s2d_split")(x)
         x = layers.Permute((1, 3, 2, 4), name="s2d_order")(x)
         x = layers.Reshape((h // 2, w // 2, 4 * c), name="s2d")(x)
-        x = _conv_bn_relu(x, widths[0], 3, "s1c1")
+        x = _conv_bn_relu(x, widths[0], 3, "s1c1", rep)
     else:
         raise ValueError(f"stem must be 'pool' or 's2d', not {stem!r}")
     for s, (f, n) in enumerate(zip(widths[1:], convs), start=2):
         for c in range(1, n + 1):
-            x = _conv_bn_relu(x, f, 3, f"s{s}c{c}")
+            x = _conv_bn_relu(x, f, 3, f"s{s}c{c}", rep)
         if s < len(widths):
             x = layers.MaxPooling2D(2, name=f"s{s}_pool")(x)
     if head not in ("gap", "flatten"):
@@ -168,6 +184,13 @@ def vgg_small_mid96(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, aug
                     name="vgg_small_mid96")
 
 
+def vgg_small_mid96_rep(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
+    """vgg_small_mid96 trained as RepVGG blocks (a 1x1 and an identity branch beside each 3x3 conv); exported
+    fused, it is a vgg_small_mid96 and costs the same per face."""
+    return vgg_lite(num_classes, input_shape, augment, widths=(16, 24, 48, 96), dropout=0.3, convs=(2, 4, 3),
+                    rep=True, name="vgg_small_mid96_rep")
+
+
 def vgg_small_s2d(num_classes: int = NUM_CLASSES, input_shape=INPUT_SHAPE, augment=None) -> keras.Model:
     """vgg_small_mid96 with a space-to-depth stem, and the time that saves spent on a fifth conv at 12x12
     (2, 5, 3 convs per stage): the same per-face time with the AVX2 kernels."""
@@ -206,6 +229,8 @@ MODELS: dict[str, ModelSpec] = {
     "vgg_small_late": ModelSpec(vgg_small_late, "adamw", 2e-3, "vgg_small's cost in the 6x6 stage's width"),
     "vgg_small_deep96": ModelSpec(vgg_small_deep96, "adamw", 2e-3, "vgg_small_deep at 96 wide: within 1.5x fer"),
     "vgg_small_mid96": ModelSpec(vgg_small_mid96, "adamw", 2e-3, "vgg_small_deep96 with depth at 12x12"),
+    "vgg_small_mid96_rep": ModelSpec(vgg_small_mid96_rep, "adamw", 2e-3,
+                                     "vgg_small_mid96 as RepVGG blocks for training; fused on export"),
     "vgg_small_s2d": ModelSpec(vgg_small_s2d, "adamw", 2e-3, "vgg_small_mid96 with a space-to-depth stem, 5 convs at 12x12"),
     "vgg_small_flat96": ModelSpec(vgg_small_flat96, "adamw", 2e-3, "vgg_small_deep96 with a flattened 6x6 head"),
     "tiny_cnn": ModelSpec(tiny_cnn, "adam", 3e-3, "tiny net for tests and demos"),

@@ -100,10 +100,12 @@ def xy(data: FerData) -> tuple[np.ndarray, np.ndarray]:
 def load_initial_weights(model, source: str | Path) -> int:
     """Copy weights into `model` (augmentation block aside) from a training run directory (its best
     checkpoint), a `.weights.h5` checkpoint of the same architecture, or an exported model directory
-    (the network inside a flip-TTA wrapper included). Returns how many layers were copied; ValueError
-    when the source holds another architecture."""
+    (the network inside a flip-TTA wrapper included). A RepVGG model (training.reparam) starts from its plain
+    twin with the side branches silent, and a plain one from a RepVGG run's folded weights. Returns how many
+    layers were copied; ValueError when the source holds another architecture."""
     import keras
     from training.models import create_model
+    from training.reparam import fuse, is_rep, plain_name
 
     src = Path(source)
     if (src / CONFIG).is_file() or src.suffix == ".h5":
@@ -112,17 +114,19 @@ def load_initial_weights(model, source: str | Path) -> int:
             donor = create_model(model.name)
             donor.load_weights(str(src))
         else:
-            donor, saved = load_run(src)
-            if saved["model"] != model.name:
+            donor, saved = load_run(src, fuse=False)
+            if plain_name(saved["model"]) != plain_name(model.name):
                 raise ValueError(f"{src} is a {saved['model']} run; cannot initialise a {model.name} from it")
     elif (src / CARD).is_file():
         from shared.model import FacialExpressionModel
         donor = FacialExpressionModel(src, backend="keras")._keras
-        nested = [l for l in donor.layers if isinstance(l, keras.Model) and l.name == model.name]
+        nested = [l for l in donor.layers if isinstance(l, keras.Model) and l.name == plain_name(model.name)]
         donor = nested[0] if nested else donor
     else:
         raise FileNotFoundError(f"--init-from {src}: not a run directory (config.json), a .weights.h5 file or "
                                 f"an exported model directory (card.json)")
+    if is_rep(donor.name) and not is_rep(model.name):
+        donor = fuse(donor)  # a plain fine-tune of a RepVGG run starts from its folded weights
     copied = 0
     for layer in model.layers:
         if not layer.weights or layer.name == "augment":
@@ -130,6 +134,8 @@ def load_initial_weights(model, source: str | Path) -> int:
         try:
             other = donor.get_layer(layer.name)
         except ValueError:
+            if is_rep(model.name) and "_rep" in layer.name and not is_rep(donor.name):
+                continue  # a RepVGG side branch: its zero BN scale keeps the plain donor's function
             raise ValueError(f"{src} has no layer {layer.name!r}: it is not a {model.name}") from None
         layer.set_weights(other.get_weights())
         copied += 1

@@ -40,12 +40,16 @@ def test_the_folded_network_is_the_plain_architecture_and_computes_the_rep_netwo
     assert np.abs(want - plain.predict(np.zeros_like(faces), verbose=0)).max() > 1e-3  # the faces matter
     np.testing.assert_allclose(got, want, atol=2e-5)
     assert fuse(plain) is plain  # a plain network folds into itself
+    bn = rep.get_layer("s2c1_bn")  # a 3x3 branch whose BN scale is zero: its bias passes through instead
+    bn.set_weights([np.zeros_like(w) if i == 0 else w for i, w in enumerate(bn.get_weights())])
+    np.testing.assert_allclose(fuse(rep).predict(faces, verbose=0), rep.predict(faces, verbose=0), atol=2e-5)
 
 
 def test_a_rep_model_started_from_the_shipped_network_computes_it(sample_data, tiny_run_dir):
     """--init-from a plain model: the 3x3 branches take its weights, the side branches start silent."""
     from shared.model import load_keras_network
     from training.models import create_model
+    from training.reparam import fuse
     from training.train import load_initial_weights
 
     rep = create_model("vgg_small_mid96_rep")
@@ -55,6 +59,10 @@ def test_a_rep_model_started_from_the_shipped_network_computes_it(sample_data, t
     faces = sample_data.split("PublicTest").faces[:64].astype(np.float32) / 255.0
     faces = faces[..., None] if faces.ndim == 3 else faces
     np.testing.assert_allclose(rep.predict(faces, verbose=0), shipped.predict(faces, verbose=0), atol=1e-6)
+    folded = fuse(rep)  # and folds back to the very same weights: soups of fused runs and their start make sense
+    for layer in shipped.layers:
+        for got, want in zip(folded.get_layer(layer.name).get_weights(), layer.get_weights()):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=layer.name)
     with pytest.raises(ValueError, match="tiny_cnn run"):  # a rep model still refuses another architecture
         load_initial_weights(create_model("vgg_small_mid96_rep"), tiny_run_dir)
 

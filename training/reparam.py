@@ -4,9 +4,12 @@ twin, one 3x3 conv per block, for export. Each branch is a linear map followed b
 is a 3x3 kernel and a bias (the 1x1 kernel at the centre of a 3x3 one, the identity as a centre one-hot) and
 their sum is one conv: the fused network computes the same function at the plain network's cost.
 
-The plain twin's BN after each conv is set to pass the bias through (scale 1, shift = fused bias), so the fused
-network has exactly the plain architecture, layer names included: it exports, evaluates, initialises a
-fine-tune and joins a soup like any other run of that architecture."""
+The plain twin keeps the 3x3 branch's BN (its scale, mean and variance; the shift takes the summed bias) and the
+summed kernel divided by that scale, so the fused network has exactly the plain architecture, layer names
+included, in the same terms as the plain network it started from: a rep model started from a plain one with its
+side branches silent folds back to that network's very weights, and a fused run can be averaged with other
+fine-tunes of that start (`ferlive soup`). It exports, evaluates and initialises a fine-tune like any other run of
+that architecture. (Where a BN scale is zero the BN passes the bias through instead: scale 1, shift = bias.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -64,11 +67,15 @@ def fuse(model):
         if layer.name.endswith("_conv") and layer.name[:-5] in blocks:
             block = layer.name[:-5]
             kernel, bias = fold_block(model, block)
-            layer.set_weights([kernel.astype(np.float32)])
             bn = plain.get_layer(f"{block}_bn")
-            # pass the bias through: gamma 1, beta bias, mean 0, var 1 - eps (so sqrt(var + eps) is 1)
-            bn.set_weights([np.ones_like(bias, np.float32), bias.astype(np.float32),
-                            np.zeros_like(bias, np.float32), np.full_like(bias, 1.0 - bn.epsilon, np.float32)])
+            gamma, _, mean, var = (np.asarray(w, np.float64) for w in model.get_layer(f"{block}_bn").get_weights())
+            scale = gamma / np.sqrt(var + bn.epsilon)
+            if np.all(np.abs(scale) > 1e-6):  # keep the 3x3 branch's BN, so the kernel stays in its twin's terms
+                kernel, bn_weights = kernel / scale, [gamma, bias + mean * scale, mean, var]
+            else:  # pass the bias through: gamma 1, beta bias, mean 0, var 1 - eps (so sqrt(var + eps) is 1)
+                bn_weights = [np.ones_like(bias), bias, np.zeros_like(bias), np.full_like(bias, 1.0 - bn.epsilon)]
+            layer.set_weights([kernel.astype(np.float32)])
+            bn.set_weights([w.astype(np.float32) for w in bn_weights])
         elif layer.name.endswith("_bn") and layer.name[:-3] in blocks:
             continue  # set with its conv above
         else:

@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "vgg_small_mid96_distilled"
 
 
+def _model_input(sample_data) -> np.ndarray:
+    """64 real PublicTest faces as the networks take them: float32 (N,48,48,1) in [0,1]."""
+    return sample_data.split("PublicTest").faces[:64, :, :, None].astype(np.float32) / 255.0
+
+
 def _scramble_side_branches(model, seed: int = 0) -> None:
     """Give every side branch weights and BN statistics far from their start (a trained rep model's)."""
     rng = np.random.default_rng(seed)
@@ -31,8 +36,7 @@ def test_the_folded_network_is_the_plain_architecture_and_computes_the_rep_netwo
 
     rep = create_model("vgg_small_mid96_rep")
     _scramble_side_branches(rep)
-    faces = sample_data.split("PublicTest").faces[:64].astype(np.float32) / 255.0
-    faces = faces[..., None] if faces.ndim == 3 else faces
+    faces = _model_input(sample_data)
     plain = fuse(rep)
     assert plain.name == "vgg_small_mid96"
     assert plain.count_params() == create_model("vgg_small_mid96").count_params() < rep.count_params()
@@ -56,8 +60,7 @@ def test_a_rep_model_started_from_the_shipped_network_computes_it(sample_data, t
     copied = load_initial_weights(rep, SHIPPED)
     shipped = load_keras_network(SHIPPED)
     assert copied == sum(1 for layer in shipped.layers if layer.weights)
-    faces = sample_data.split("PublicTest").faces[:64].astype(np.float32) / 255.0
-    faces = faces[..., None] if faces.ndim == 3 else faces
+    faces = _model_input(sample_data)
     np.testing.assert_allclose(rep.predict(faces, verbose=0), shipped.predict(faces, verbose=0), atol=1e-6)
     folded = fuse(rep)  # and folds back to the very same weights: soups of fused runs and their start make sense
     for layer in shipped.layers:
@@ -83,8 +86,7 @@ def test_a_rep_run_trains_its_side_branches_and_exports_folded(sample_csv, sampl
     assert len(gammas) == 10 and all(np.abs(g).max() > 0 for g in gammas)  # the side branches learned
     plain, _ = load_run(run)
     assert plain.name == "vgg_small_mid96"
-    faces = sample_data.split("PublicTest").faces[:64].astype(np.float32) / 255.0
-    faces = faces[..., None] if faces.ndim == 3 else faces
+    faces = _model_input(sample_data)
     np.testing.assert_allclose(plain.predict(faces, verbose=0), rep.predict(faces, verbose=0), atol=2e-5)
 
     card = export_model(run, tmp_path / "model", data=sample_csv, max_int8_drop=None)

@@ -24,7 +24,7 @@ def is_rep(name: str) -> bool:
 
 def plain_name(name: str) -> str:
     """The plain architecture a rep model folds into (vgg_small_mid96_rep -> vgg_small_mid96)."""
-    return name[: -len(REP_SUFFIX)] if is_rep(name) else name
+    return name.removesuffix(REP_SUFFIX)
 
 
 def _bn_scale_shift(bn) -> tuple[np.ndarray, np.ndarray]:
@@ -60,24 +60,25 @@ def fuse(model):
     if not is_rep(model.name):
         return model
     plain = create_model(plain_name(model.name))
-    blocks = {layer.name[: -len("_rep_add")] for layer in model.layers if layer.name.endswith("_rep_add")}
+    blocks = {layer.name.removesuffix("_rep_add") for layer in model.layers if layer.name.endswith("_rep_add")}
     for layer in plain.layers:
         if not layer.weights:
             continue
-        if layer.name.endswith("_conv") and layer.name[:-5] in blocks:
-            block = layer.name[:-5]
+        block = layer.name.removesuffix("_conv").removesuffix("_bn")
+        if block in blocks and layer.name == f"{block}_conv":
             kernel, bias = fold_block(model, block)
             bn = plain.get_layer(f"{block}_bn")
-            gamma, _, mean, var = (np.asarray(w, np.float64) for w in model.get_layer(f"{block}_bn").get_weights())
-            scale = gamma / np.sqrt(var + bn.epsilon)
+            main = model.get_layer(f"{block}_bn")
+            gamma, _, mean, var = main.get_weights()
+            scale, _ = _bn_scale_shift(main)
             if np.all(np.abs(scale) > 1e-6):  # keep the 3x3 branch's BN, so the kernel stays in its twin's terms
                 kernel, bn_weights = kernel / scale, [gamma, bias + mean * scale, mean, var]
             else:  # pass the bias through: gamma 1, beta bias, mean 0, var 1 - eps (so sqrt(var + eps) is 1)
                 bn_weights = [np.ones_like(bias), bias, np.zeros_like(bias), np.full_like(bias, 1.0 - bn.epsilon)]
             layer.set_weights([kernel.astype(np.float32)])
-            bn.set_weights([w.astype(np.float32) for w in bn_weights])
-        elif layer.name.endswith("_bn") and layer.name[:-3] in blocks:
-            continue  # set with its conv above
+            bn.set_weights([np.asarray(w, np.float32) for w in bn_weights])
+        elif block in blocks:
+            continue  # its BN, set with the conv above
         else:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return plain

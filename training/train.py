@@ -63,6 +63,7 @@ class TrainConfig:
     teacher_mixup: float = 0.0            # function matching: mixup alpha of the views (needs teacher_views); 0: off
     time_budget: float | None = None      # seconds this session may train; the schedule shrinks to fit; None: off
     augment_ahead: int = 0                # K augmented views of each Training face made up front; 0: online layers
+    sam: float = 0.0                      # sharpness-aware minimisation radius (training/sam.py); 0: plain steps
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -414,6 +415,9 @@ def train(cfg: TrainConfig, verbose: int | str | None = None):
     if cfg.init_from and not (run / "backup").exists():  # a resumed run restores its own weights
         load_initial_weights(model, cfg.init_from)
         record_init_source(run, cfg.init_from)
+    if cfg.sam:
+        from training.sam import use_sam
+        use_sam(model, cfg.sam)
     model.compile(optimizer=make_optimizer(opt_name, base_lr, cfg.weight_decay, cfg.ema),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=["accuracy"])
@@ -461,6 +465,9 @@ def add_train_arguments(p, label_smoothing: float = 0.1) -> None:
                    help="augment each Training face K times up front and train each epoch on one of those views "
                         "(only the mirror flip stays online): for Keras on JAX on a GPU, where the augmentation "
                         "layers inside the compiled train step are very slow (docs/gpu.md); 0: online augmentation")
+    p.add_argument("--sam", type=float, default=0.0, metavar="RHO",
+                   help="sharpness-aware minimisation: each step's gradient is taken at the weights moved RHO "
+                        "uphill (e.g. 0.05; twice the time per step; TensorFlow backend); 0: off")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="end this session within about this long, counted from the start (loading, views, the "
                         "teacher's labels and compiling count): after each epoch the schedule is shortened to the "
@@ -473,7 +480,7 @@ def config_from_args(a, **extra) -> TrainConfig:
                        optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
                        warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, augment=aug,
                        seed=a.seed, per_class=a.per_class, init_from=a.init_from, ema=a.ema,
-                       time_budget=a.time_budget, augment_ahead=a.augment_ahead, **extra)
+                       time_budget=a.time_budget, augment_ahead=a.augment_ahead, sam=a.sam, **extra)
 
 
 def _cmd_train(a) -> int:

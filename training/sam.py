@@ -1,7 +1,7 @@
 """Sharpness-aware minimisation (Foret et al., 2021, "Sharpness-Aware Minimization for Efficiently Improving
 Generalization"): each step takes the gradient at the weights moved uphill by `rho` along the normalised gradient,
 w - lr * grad L(w + rho * g / |g|), and applies it at w with the run's own optimiser. Flat minima generalise
-better under label noise (FER2013's) and average better in a soup. Twice a plain step's cost.
+better under label noise (FER2013's) and average better in a soup. Two forward and backward passes a step.
 
 Keras has no SAM and the maintained implementations are PyTorch ones (davda54/sam), so this is a replacement
 train step for the TensorFlow backend, written after Keras's own `train_step`. Both forward passes of a step see
@@ -46,7 +46,7 @@ def _sam_train_step(self, data):
     after_first = [tf.identity(v) for v in states]
 
     scale = self.sam_rho / (tf.linalg.global_norm(grads) + 1e-12)
-    eps = [g * scale for g in grads]
+    eps = [tf.zeros_like(w) if g is None else g * scale for w, g in zip(weights, grads)]  # None: w unused
     for v, s in zip(states, start):
         v.assign(s)  # the second pass draws the same flip and dropout as the first
     for w, e in zip(weights, eps):

@@ -467,7 +467,7 @@ def add_train_arguments(p, label_smoothing: float = 0.1) -> None:
                         "layers inside the compiled train step are very slow (docs/gpu.md); 0: online augmentation")
     p.add_argument("--sam", type=float, default=0.0, metavar="RHO",
                    help="sharpness-aware minimisation: each step's gradient is taken at the weights moved RHO "
-                        "uphill (e.g. 0.05; twice the time per step; TensorFlow backend); 0: off")
+                        "uphill (e.g. 0.05; two passes a step; TensorFlow backend); 0: off")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="end this session within about this long, counted from the start (loading, views, the "
                         "teacher's labels and compiling count): after each epoch the schedule is shortened to the "

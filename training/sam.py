@@ -11,6 +11,7 @@ at the perturbed weights).
 """
 from __future__ import annotations
 
+import functools
 import types
 
 
@@ -23,11 +24,10 @@ def use_sam(model, rho: float) -> None:
     if keras.backend.backend() != "tensorflow":
         raise ValueError(f"--sam needs the TensorFlow backend (Keras runs on {keras.backend.backend()}); "
                          f"run it here, not on a lent accelerator's JAX")
-    model.train_step = types.MethodType(_sam_train_step, model)
-    model.sam_rho = float(rho)
+    model.train_step = types.MethodType(functools.partial(_sam_train_step, rho=float(rho)), model)
 
 
-def _sam_train_step(self, data):
+def _sam_train_step(self, data, rho: float):
     import keras
     import tensorflow as tf
 
@@ -45,7 +45,7 @@ def _sam_train_step(self, data):
     grads = tape.gradient(loss, weights)
     after_first = [tf.identity(v) for v in states]
 
-    scale = self.sam_rho / (tf.linalg.global_norm(grads) + 1e-12)
+    scale = rho / (tf.linalg.global_norm(grads) + 1e-12)
     eps = [tf.zeros_like(w) if g is None else g * scale for w, g in zip(weights, grads)]  # None: w unused
     for v, s in zip(states, start):
         v.assign(s)  # the second pass draws the same flip and dropout as the first

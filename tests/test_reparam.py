@@ -57,7 +57,10 @@ def test_a_rep_model_started_from_the_shipped_network_computes_it(sample_data, t
     from training.train import load_initial_weights
 
     rep = create_model("vgg_small_mid96_rep")
+    side = [l for l in rep.layers if l.name.endswith(("_rep1_bn", "_repid_bn"))]
+    assert len(side) == 16 and all(np.all(l.get_weights()[0] == 1) for l in side)  # from scratch: RepVGG's own start
     copied = load_initial_weights(rep, SHIPPED)
+    assert all(np.all(l.get_weights()[0] == 0) for l in side)  # from a plain twin: the side branches silenced
     shipped = load_keras_network(SHIPPED)
     assert copied == sum(1 for layer in shipped.layers if layer.weights)
     faces = _model_input(sample_data)

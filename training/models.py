@@ -34,8 +34,9 @@ def _conv_bn_relu(x, filters, kernel, name, rep: bool = False):
     """Conv, BN, ReLU. rep=True (RepVGG, Ding et al. 2021; 3x3 kernels only) adds, for training, a 1x1
     conv + BN branch and, where the channels match, an identity BN branch beside the 3x3 conv + BN, summed
     before the ReLU; `training.reparam.fuse` folds the three into one 3x3 conv for inference, so the served
-    network is the plain one. The side branches' BN scales start at zero: a rep model initialised from its
-    plain twin computes the same function."""
+    network is the plain one. All three BN scales start at one, as in RepVGG trained from the start;
+    `training.train.load_initial_weights` zeroes the side branches' scales when a plain twin's weights
+    initialise a rep model, so that it starts from exactly the twin's function."""
     inp = x
     x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
@@ -43,9 +44,9 @@ def _conv_bn_relu(x, filters, kernel, name, rep: bool = False):
         if kernel != 3:
             raise ValueError(f"rep blocks have 3x3 kernels, not {kernel}")
         side = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_rep1")(inp)
-        branches = [x, layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_rep1_bn")(side)]
+        branches = [x, layers.BatchNormalization(name=f"{name}_rep1_bn")(side)]
         if inp.shape[-1] == filters:
-            branches.append(layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_repid_bn")(inp))
+            branches.append(layers.BatchNormalization(name=f"{name}_repid_bn")(inp))
         x = layers.Add(name=f"{name}_rep_add")(branches)
     return layers.ReLU(name=f"{name}_relu")(x)
 

@@ -136,7 +136,9 @@ def load_initial_weights(model, source: str | Path) -> int:
             other = donor.get_layer(layer.name)
         except ValueError:
             if is_rep(model.name) and "_rep" in layer.name and not is_rep(donor.name):
-                continue  # a RepVGG side branch: its zero BN scale keeps the plain donor's function
+                if isinstance(layer, keras.layers.BatchNormalization):  # silence the side branch: the
+                    layer.gamma.assign(np.zeros(layer.gamma.shape, "float32"))  # donor's function exactly
+                continue
             raise ValueError(f"{src} has no layer {layer.name!r}: it is not a {model.name}") from None
         layer.set_weights(other.get_weights())
         copied += 1

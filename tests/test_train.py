@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,36 @@ def test_time_budget_shortens_the_schedule_to_what_fits(sample_csv, tmp_path, mo
     # a rerun with another budget resumes the same run (the budget is this session's, not the run's)
     saved = json.loads((run / "config.json").read_text())
     assert saved["time_budget"] == 4.0
+
+
+def test_time_budget_gives_epochs_back_when_the_pace_improves(tmp_path, monkeypatch):
+    """Two slow epochs early (a busy machine) shorten the schedule; once the pace recovers, epochs come back up
+    to the planned number, the learning rate never rises, and the run still ends within its budget."""
+    import training.train as tt
+
+    clock = [1000.0]
+    monkeypatch.setattr(tt.time, "time", lambda: clock[0])
+    cfg = TrainConfig(model="tiny_cnn", run_dir=str(tmp_path / "run"), epochs=40, lr=1e-2, warmup_epochs=0,
+                      schedule="cosine", time_budget=1000.0)
+    (tmp_path / "run").mkdir()
+    budget = next(c for c in tt._callbacks(cfg, tmp_path / "run", 1e-2, started=clock[0])
+                  if type(c).__name__ == "TimeBudget")
+    budget.set_model(types.SimpleNamespace(stop_training=False))
+    budget.on_train_begin()
+    lrs, lengths = [], []
+    paces = [10.0, 100.0, 100.0] + [10.0] * 200  # compiling, two slow epochs, then the machine's real pace
+    for epoch, seconds in enumerate(paces):
+        lrs.append(tt.lr_at(epoch, budget.sched, 1e-2))
+        clock[0] += seconds
+        budget.on_epoch_end(epoch)
+        lengths.append(budget.sched.epochs)
+        if budget.model.stop_training:
+            break
+    assert lengths[2] < 15  # the slow epochs cut the schedule
+    assert lengths[-1] == epoch + 1 > lengths[2]  # ...and the fast ones gave epochs back
+    assert max(lengths) <= 40
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
+    assert clock[0] - 1000.0 <= 1000.0
 
 
 def test_augment_ahead_trains_on_views_made_up_front(sample_csv, tmp_path, monkeypatch):

@@ -281,8 +281,10 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float, started: float):
     class TimeBudget(keras.callbacks.Callback):
         """--time-budget: after each epoch, shorten the schedule (its length in epochs) so this session ends
         within the budget at the pace seen so far (the first, compiling epoch left out); the cosine follows the
-        shortened length from then on. The budget counts from `started` (the start of train(): loading the data,
-        making views, the teacher's labels and compiling are inside it). What was fitted goes to time_budget.json."""
+        shortened length from then on. When the pace improves, epochs come back (never beyond the planned
+        ones), only as many as keep the learning rate from rising. The budget counts from `started` (the start
+        of train(): loading the data, making views, the teacher's labels and compiling are inside it). What was
+        fitted goes to time_budget.json."""
 
         def __init__(self, seconds: float, sched: TrainConfig, started: float):
             super().__init__()
@@ -295,16 +297,30 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float, started: float):
             self.t_prev = time.time()
             self.setup = self.t_prev - self.t0
 
+        def _lengthen(self, epoch: int, fits: int, pace: float) -> None:
+            """The pace improved (slow early epochs on a busy machine shortened the schedule too far): give
+            back epochs, as many as fit and as keep the learning rate from rising above this epoch's."""
+            now_lr = lr_at(epoch, self.sched, base_lr)
+            longer = self.sched.epochs
+            while longer < fits and lr_at(epoch + 1, replace(self.sched, epochs=longer + 1), base_lr) <= now_lr:
+                longer += 1
+            if longer > self.sched.epochs:
+                log.info("time budget: %d epochs fit at %.1f s/epoch; schedule lengthened from %d to %d",
+                         fits, pace, self.sched.epochs, longer)
+                self.sched.epochs = longer
+
         def on_epoch_end(self, epoch, logs=None):
             now = time.time()
             self.durations.append(now - self.t_prev)
             self.t_prev = now
             pace = float(np.median(self.durations[1:] or self.durations))
-            fits = epoch + 1 + int(max(0.0, self.seconds - (now - self.t0)) // pace)
+            fits = min(cfg.epochs, epoch + 1 + int(max(0.0, self.seconds - (now - self.t0)) // pace))
             if fits < self.sched.epochs and (len(self.durations) > 1 or now - self.t0 >= self.seconds):
                 log.info("time budget: %d epochs fit in %.0f s at %.1f s/epoch (planned %d)", fits, self.seconds,
                          pace, self.sched.epochs)
                 self.sched.epochs = fits
+            elif fits > self.sched.epochs and len(self.durations) > 1:
+                self._lengthen(epoch, fits, pace)
             _write_json_atomic(run / "time_budget.json", {"seconds": self.seconds, "planned_epochs": cfg.epochs,
                                                           "scheduled_epochs": self.sched.epochs,
                                                           "seconds_per_epoch": pace,

@@ -296,15 +296,16 @@ def test_time_budget_shortens_the_schedule_to_what_fits(sample_csv, tmp_path, mo
     assert saved["time_budget"] == 4.0
 
 
-def test_time_budget_gives_epochs_back_when_the_pace_improves(tmp_path, monkeypatch):
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_time_budget_gives_epochs_back_when_the_pace_improves(tmp_path, monkeypatch, warmup):
     """Two slow epochs early (a busy machine) shorten the schedule; once the pace recovers, epochs come back up
-    to the planned number, the learning rate never rises, and the run still ends within its budget."""
+    to the planned number, the learning rate never rises after the warm-up, and the run ends within its budget."""
     import training.train as tt
 
     clock = [1000.0]
     monkeypatch.setattr(tt.time, "time", lambda: clock[0])
-    cfg = TrainConfig(model="tiny_cnn", run_dir=str(tmp_path / "run"), epochs=40, lr=1e-2, warmup_epochs=0,
-                      schedule="cosine", time_budget=1000.0)
+    cfg = TrainConfig(model="tiny_cnn", run_dir=str(tmp_path / "run"), epochs=40, lr=1e-2,
+                      warmup_epochs=warmup, schedule="cosine", time_budget=1000.0)
     (tmp_path / "run").mkdir()
     budget = next(c for c in tt._callbacks(cfg, tmp_path / "run", 1e-2, started=clock[0])
                   if type(c).__name__ == "TimeBudget")
@@ -322,7 +323,8 @@ def test_time_budget_gives_epochs_back_when_the_pace_improves(tmp_path, monkeypa
     assert lengths[2] < 15  # the slow epochs cut the schedule
     assert lengths[-1] == epoch + 1 > lengths[2]  # ...and the fast ones gave epochs back
     assert max(lengths) <= 40
-    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[warmup:], lrs[warmup + 1:])), lrs
+    assert lrs[:warmup + 1] == sorted(lrs[:warmup + 1])  # the warm-up climbs as planned
     assert clock[0] - 1000.0 <= 1000.0
 
 

@@ -299,8 +299,9 @@ def _callbacks(cfg: TrainConfig, run: Path, base_lr: float, started: float):
 
         def _lengthen(self, epoch: int, fits: int, pace: float) -> None:
             """The pace improved (slow early epochs on a busy machine shortened the schedule too far): give
-            back epochs, as many as fit and as keep the learning rate from rising above this epoch's."""
-            now_lr = lr_at(epoch, self.sched, base_lr)
+            back epochs, as many as fit and as keep the learning rate from rising above this epoch's (in the
+            warm-up, above the next epoch's as scheduled: there it rises by design)."""
+            now_lr = max(lr_at(epoch, self.sched, base_lr), lr_at(epoch + 1, self.sched, base_lr))
             longer = self.sched.epochs
             while longer < fits and lr_at(epoch + 1, replace(self.sched, epochs=longer + 1), base_lr) <= now_lr:
                 longer += 1

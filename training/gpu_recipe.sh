@@ -20,7 +20,9 @@
 # DATA is a `ferlive pack-data` copy (Training + PublicTest: PrivateTest never reaches the GPU).
 # Environment overrides (and for a dry run on a CPU): TEACHERS, TEACHER_FERPLUS, PER_CLASS, VIEWS, TEACHER_SHARE,
 # RUNS, STUDENTS (name:model:teacher-weight:ferplus-weight[:model directory to start from[:optimizer[:learning
-# rate]]] ...; an empty field keeps the default), BASE_TEACHER.
+# rate[:mixup alpha]]]] ...; an empty field keeps the default), BASE_TEACHER. A student with a mixup alpha trains on
+# function-matching views (--teacher-mixup: each view blended with a partner face, the blend labelled by the
+# teacher), so it labels its own views inside its budget instead of loading the shared ones.
 set -u
 DATA=${1:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
 OUT=${2:?usage: gpu_recipe.sh DATA.npz.xz OUT_DIR [SECONDS]}
@@ -88,12 +90,13 @@ SB=$(( $(left) - 30 ))
 if [ "$SB" -lt 30 ]; then say "no time left for the students ($SB s)"; STUDENTS=""; fi
 say "students, --time-budget $SB s"
 for spec in $STUDENTS; do
-  IFS=: read -r name model tw fw init opt lr <<< "$spec"
-  mkdir -p "$R/s_$name" && cp "$R/views/teacher_views.npz" "$R/s_$name/" 2>/dev/null
+  IFS=: read -r name model tw fw init opt lr mix <<< "$spec"
+  mkdir -p "$R/s_$name"
+  [ -z "$mix" ] && cp "$R/views/teacher_views.npz" "$R/s_$name/" 2>/dev/null
   (  # each student is packed the moment it ends (checkpoint, config, curves, timing), so a late one loses only itself
     "$PY" -m training distill --model "$model" --teacher-weight "$tw" --ferplus-weight "$fw" "${COMMON[@]}" \
       --epochs 150 --time-budget "$SB" --run-dir "$R/s_$name" ${init:+--init-from "$init"} \
-      ${opt:+--optimizer "$opt"} ${lr:+--lr "$lr"} $LIMIT \
+      ${opt:+--optimizer "$opt"} ${lr:+--lr "$lr"} ${mix:+--teacher-mixup "$mix"} $LIMIT \
       > "$R/s_$name.log" 2>&1
     tar -czf "$OUT/s_$name.tgz" -C "$R" --exclude teacher_views.npz --exclude backup --exclude last.keras \
       "s_$name" "s_$name.log"

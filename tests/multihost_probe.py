@@ -5,10 +5,12 @@
         (FERLIVE_ANNOTATED_ENDPOINT, FERLIVE_CURVE_DIR) and polls the web process's /api/health;
         prints one JSON line per annotated frame and per health answer
     python tests/multihost_probe.py intrude --keys none|DIR --seconds 3 --subscribe EP --push EP \
-        --heartbeat EP --handshake EP [EP ...] --instance NAME
+        --heartbeat EP --handshake EP [EP ...] --instance NAME [--answer-within 20]
         a peer with no keys (none) or with the key pair in DIR: subscribes, injects garbage into a
         PULL, forges heartbeats, and for every endpoint connects one socket of each type with a
-        monitor; prints one JSON line: messages received and each socket's handshake outcome
+        monitor; for --seconds, then on until every handshake has an outcome (--answer-within at most);
+        prints one JSON line: messages received, each socket's handshake outcome, the monitor events
+        of any socket still without one
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ TYPES = {"PUB": zmq.PUB, "SUB": zmq.SUB, "PUSH": zmq.PUSH, "PULL": zmq.PULL, "DE
 """Every peer type a pipeline socket can have (SUB for XPUB, PUB for SUB, DEALER for ROUTER, ...)."""
 FAILED = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed", zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "failed_protocol",
           zmq.EVENT_HANDSHAKE_FAILED_AUTH: "failed_auth"}
+EVENT_NAMES = {getattr(zmq, n): n[6:].lower() for n in dir(zmq) if n.startswith("EVENT_") and
+               n not in ("EVENT_ALL", "EVENT_ALL_V1", "EVENT_ALL_V2") and isinstance(getattr(zmq, n), int)}
 
 
 def emit(obj: dict) -> None:
@@ -82,28 +86,35 @@ def intrude(a: argparse.Namespace) -> None:
 
     ctx = zmq.Context()
 
-    def sock(kind: int, endpoint: str) -> zmq.Socket:
+    def sock(kind: int, endpoint: str, monitor: bool = False) -> tuple[zmq.Socket, "zmq.Socket | None"]:
         s = ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         _secure(s, a.keys)
         if kind == zmq.SUB:
             s.setsockopt(zmq.SUBSCRIBE, b"")
+        # The monitor before the connection: libzmq's IO thread can connect, exchange greetings and fail the
+        # handshake before connect() returns here, and after a protocol error it never dials again, so a
+        # monitor attached afterwards could miss the one answer there will be.
+        mon = s.get_monitor_socket() if monitor else None
         s.connect(endpoint)
-        return s
+        return s, mon
 
-    sub = sock(zmq.SUB, a.subscribe)
-    push = sock(zmq.PUSH, a.push)
-    beat = sock(zmq.PUB, a.heartbeat)
+    sub, _ = sock(zmq.SUB, a.subscribe)
+    push, _ = sock(zmq.PUSH, a.push)
+    beat, _ = sock(zmq.PUB, a.heartbeat)
     probes = {}  # (endpoint, type) -> (socket, monitor)
     for ep in a.handshake:
         for name, kind in TYPES.items():
-            s = sock(kind, ep)
-            probes[(ep, name)] = (s, s.get_monitor_socket())
+            probes[(ep, name)] = sock(kind, ep, monitor=True)
     outcome = {k: "no_answer" for k in probes}
+    events: dict[tuple[str, str], list[str]] = {k: [] for k in probes}
     received = sent = 0
-    end = time.time() + a.seconds
-    while time.time() < end:
+    start = time.time()
+    end, answer_by = start + a.seconds, start + max(a.seconds, a.answer_within)
+    # At least ``seconds`` of subscribing, injecting and forging; then on until every probe has its answer
+    # (a loaded host can take seconds to accept a connection: SYNs are retried after 1 s, 3 s, 7 s).
+    while time.time() < end or (time.time() < answer_by and "no_answer" in outcome.values()):
         hb = Heartbeat(stage="capture", instance=a.instance, t=time.time(), interval=0.3,
                        counters={"frames_out": 1}, status="ok", detail="forged")
         for s, data in ((push, b"\x00 injected by " + a.instance.encode()), (beat, encode(hb))):
@@ -120,6 +131,8 @@ def intrude(a: argparse.Namespace) -> None:
         for key, (_, mon) in probes.items():
             while mon.poll(0):
                 ev = recv_monitor_message(mon)["event"]
+                if len(events[key]) < 20:
+                    events[key].append(EVENT_NAMES.get(ev, str(ev)))
                 if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     outcome[key] = "ok"
                 elif ev in FAILED and outcome[key] != "ok":
@@ -127,7 +140,9 @@ def intrude(a: argparse.Namespace) -> None:
     handshakes: dict[str, dict[str, str]] = {}
     for (ep, name), result in outcome.items():
         handshakes.setdefault(ep, {})[name] = result
-    emit({"keys": a.keys, "received": received, "sent": sent, "handshakes": handshakes})
+    unanswered = {f"{ep} {name}": events[(ep, name)] for (ep, name), r in outcome.items() if r == "no_answer"}
+    emit({"keys": a.keys, "received": received, "sent": sent, "handshakes": handshakes,
+          "seconds": round(time.time() - start, 2), "unanswered_events": unanswered})
     for s, mon in probes.values():
         s.disable_monitor()
         mon.close(0)
@@ -143,6 +158,8 @@ def main() -> None:
     i = sub.add_parser("intrude")
     i.add_argument("--keys", default="none")
     i.add_argument("--seconds", type=float, default=3.0)
+    i.add_argument("--answer-within", type=float, default=20.0,
+                   help="go on past --seconds until every probe's handshake has failed or succeeded, this long")
     i.add_argument("--subscribe", required=True)
     i.add_argument("--push", required=True)
     i.add_argument("--heartbeat", required=True)

@@ -2,6 +2,10 @@
 `ferlive train` (augmentation on, same optimiser and loss), median of several timed epochs with min/max.
 
     python benchmarks/train_throughput.py --out out/bench/train.json [--models vgg_lite] [--steps 20] [--repeats 5]
+
+`import training` keeps TensorFlow's oneDNN to its AVX2 kernels (training/__init__.py: its AVX-512 ones crash in
+mini_xception's backward pass); `ONEDNN_MAX_CPU_ISA=ALL python benchmarks/train_throughput.py ...` times the
+AVX-512 kernels for comparison, on the models they do not crash. The setting is printed and kept in the JSON.
 """
 from __future__ import annotations
 
@@ -63,15 +67,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [bench_model(name, a.batch_size, a.steps, a.repeats, not a.no_augment) for name in a.models.split(",")]
     machine = machine_info()
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL"
     print(f"\ntraining images/s (median [min-max] of {a.repeats} epochs of {a.steps}x{a.batch_size}); "
-          f"{machine['cpu']}, {machine['nproc']} CPUs")
+          f"{machine['cpu']}, {machine['nproc']} CPUs, oneDNN ISA at most {isa}")
     print(f"{'model':16} {'params':>9} {'median':>9} {'min':>9} {'max':>9}")
     for r in rows:
         print(f"{r['model']:16} {r['parameters']:9d} {r['images_per_s_median']:9.1f} {r['images_per_s_min']:9.1f} "
               f"{r['images_per_s_max']:9.1f}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"benchmark": "train_throughput", "machine": machine, "results": rows},
+        Path(a.out).write_text(json.dumps({"benchmark": "train_throughput", "machine": machine,
+                                          "onednn_max_cpu_isa": isa, "results": rows},
                                           indent=2))
         print(f"wrote {a.out}")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import training  # noqa: E402,F401  before any test runs TensorFlow: keeps oneDNN to AVX2 (training/__init__.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 FER_DIR = ROOT.parent / "shared" / "datasets" / "fer2013"

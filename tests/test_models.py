@@ -2,6 +2,11 @@
 and Keras JSON + weights round trip with identical predictions."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +17,7 @@ from shared.preprocess import to_model_input  # noqa: E402
 from training.augment import AugmentConfig, build_augmentation  # noqa: E402
 from training.models import INPUT_SHAPE, MODELS, create_model  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"vgg_wide", "seed_cnn"}           # ~4.5M parameters: batch of 2 only
 N_FACES = {"seed_cnn": 2}
 
@@ -130,3 +136,42 @@ def test_space_to_depth_stem_keeps_every_pixel_of_each_2x2_block():
     with pytest.raises(ValueError, match="stem"):
         from training.models import vgg_lite
         vgg_lite(stem="strided")
+
+
+# mini_xception's residual path: a 1x1 stride-2 convolution, trained. TensorFlow's oneDNN kernels for AVX-512
+# corrupt the heap in its backward pass (CI died here, in test_model_harness, on an AMD EPYC with AVX-512).
+_STRIDED_1X1 = """
+import os, sys
+import training
+import numpy as np, keras
+from keras import layers
+print("isa", os.environ.get("ONEDNN_MAX_CPU_ISA"))
+keras.utils.set_random_seed(0)
+inp = keras.Input((48, 48, 1))
+x = layers.Conv2D(8, 3, padding="same")(inp)
+x = layers.Conv2D(16, 1, strides=2, padding="same", use_bias=False)(x)
+out = layers.Dense(7, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+model = keras.Model(inp, out)
+model.compile(optimizer="adam", loss="categorical_crossentropy")
+rng = np.random.default_rng(0)
+for _ in range(3):
+    loss = model.train_on_batch(rng.random((8, 48, 48, 1), dtype=np.float32), np.eye(7)[np.arange(8) % 7])
+print("trained", float(loss))
+"""
+
+
+def test_training_keeps_onednn_to_kernels_that_do_not_crash():
+    """`import training` limits oneDNN to AVX2 unless the user chose: a strided 1x1 convolution then trains in
+    a fresh process (which dies of a corrupted heap without the limit on a CPU with AVX-512)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", _STRIDED_1X1], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stdout[-500:]} {out.stderr[-2000:]}"
+    assert "isa AVX2" in out.stdout and "trained" in out.stdout, out.stdout
+
+    # a user's own setting is kept
+    mine = subprocess.run([sys.executable, "-c", "import os, training; print(os.environ['ONEDNN_MAX_CPU_ISA'])"],
+                          cwd=ROOT, env=dict(env, ONEDNN_MAX_CPU_ISA="AVX512_CORE"), capture_output=True, text=True,
+                          timeout=60)
+    assert mine.returncode == 0 and mine.stdout.strip() == "AVX512_CORE", mine.stderr[-1000:]

@@ -46,6 +46,7 @@ import logging
 import os
 import signal
 import socket as _socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -585,6 +586,22 @@ def install_signal_handlers() -> None:
         raise Shutdown(signal.Signals(signum).name)
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
+
+
+def run_stage(stage: str, loop: Callable[[], None],
+              final: tuple[type[Exception], ...] = ()) -> int:
+    """A stage process's exit status around its loop: 0 when it ends or is told to stop (``Shutdown``,
+    Ctrl-C); 2 with "<stage>: <what>" on stderr for a ``ConfigError`` or one of ``final`` (bad
+    configuration: the supervisor does not restart it, ``shared.supervise.FINAL_CODES``). Anything else
+    propagates, so the supervisor restarts the stage."""
+    try:
+        loop()
+    except (Shutdown, KeyboardInterrupt):
+        pass
+    except (ConfigError, *final) as exc:
+        print(f"{stage}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def setup_logging(cfg: Config, stage: str) -> None:

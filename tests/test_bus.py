@@ -3,8 +3,12 @@ item to exactly one worker, dead or frozen workers skipped, pinning); heartbeats
 closing never hangs."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -12,6 +16,8 @@ import zmq
 from shared import bus
 from shared.config import Config, ConfigError
 from shared.messages import Heartbeat, decode
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -219,3 +225,39 @@ def test_heartbeat_reports_idle_without_input(cfg, ctx):
     hb.note_input()
     hb.tick(force=True)
     assert decode(bus.recv_nowait(collector, 1000)).status == "ok"
+
+
+def test_run_stage_exit_status(capsys):
+    """0 when the loop ends or is told to stop; 2 and "<stage>: <what>" for bad configuration (final for the
+    supervisor); anything else reaches the caller, so the supervisor restarts the stage."""
+    def raising(exc):
+        def loop():
+            raise exc
+        return loop
+
+    assert bus.run_stage("detect", lambda: None) == 0
+    assert bus.run_stage("detect", raising(bus.Shutdown("SIGTERM"))) == 0
+    assert bus.run_stage("detect", raising(KeyboardInterrupt())) == 0
+    assert bus.run_stage("detect", raising(ConfigError("jpeg_quality=0: must be 1-100"))) == 2
+    assert capsys.readouterr().err == "detect: jpeg_quality=0: must be 1-100\n"
+    assert bus.run_stage("capture", raising(FileNotFoundError("no.mp4")), final=(FileNotFoundError,)) == 2
+    assert capsys.readouterr().err == "capture: no.mp4\n"
+    with pytest.raises(FileNotFoundError):
+        bus.run_stage("detect", raising(FileNotFoundError("no.mp4")))
+    with pytest.raises(RuntimeError):
+        bus.run_stage("detect", raising(RuntimeError("a bug")))
+
+
+@pytest.mark.parametrize("stage", ["capture", "detect", "classify", "annotate"])
+def test_a_stage_with_unreadable_keys_exits_2_and_says_why(stage, tmp_path):
+    """A real stage process: its sockets' CURVE keys are missing, so it stops with status 2 (the supervisor
+    does not restart it) and names the stage, the key file and the command that makes the keys."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FERLIVE_CURVE_DIR=str(tmp_path / "nowhere"))
+    endpoints = {f"FERLIVE_{n.upper()}_ENDPOINT": f"ipc://{tmp_path}/{n}"
+                 for n in ("frames", "detections", "faces", "predictions", "annotated", "heartbeat")}
+    args = ["--source", "demo"] if stage == "capture" else []
+    r = subprocess.run([sys.executable, "-m", f"services.{stage}", *args], env={**env, **endpoints},
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"{stage}: CURVE key "), r.stderr
+    assert "python -m shared.keys" in r.stderr

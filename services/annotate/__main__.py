@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from shared import bus
-from shared.config import Config, ConfigError
+from shared.config import Config
 from services.annotate.stage import run
 
 
@@ -14,14 +14,7 @@ def main(argv: list[str] | None = None) -> int:
                                    description="Reorder, track, smooth and draw predictions.")
     bus.setup_logging(cfg, "annotate")
     bus.install_signal_handlers()
-    try:
-        run(cfg)
-    except (bus.Shutdown, KeyboardInterrupt):
-        pass
-    except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart
-        print(f"annotate: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return bus.run_stage("annotate", lambda: run(cfg))
 
 
 if __name__ == "__main__":

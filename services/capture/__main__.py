@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from shared import bus
-from shared.config import Config, ConfigError
+from shared.config import Config
 from services.capture.stage import run
 
 
@@ -13,17 +13,7 @@ def main(argv: list[str] | None = None) -> int:
                                    description="Publish frames from cameras, video files, streams or the demo (several, comma-separated, side by side).")
     bus.setup_logging(cfg, "capture")
     bus.install_signal_handlers()
-    try:
-        run(cfg)
-    except (bus.Shutdown, KeyboardInterrupt):
-        pass
-    except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart
-        print(f"capture: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"capture: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return bus.run_stage("capture", lambda: run(cfg), final=(FileNotFoundError,))
 
 
 if __name__ == "__main__":

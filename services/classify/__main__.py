@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from shared import bus
-from shared.config import Config, ConfigError
+from shared.config import Config
 from services.classify.worker import run
 
 
@@ -21,14 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"classify: cannot load the model: {exc}", file=sys.stderr)
         return 2
     report_speed(model)  # ms per face on this CPU, and a warning where it is slow (e.g. no VNNI)
-    try:
-        run(cfg, model)
-    except (bus.Shutdown, KeyboardInterrupt):
-        pass
-    except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart
-        print(f"classify: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return bus.run_stage("classify", lambda: run(cfg, model))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from shared import bus
-from shared.config import Config, ConfigError
+from shared.config import Config
 from services.detect.stage import run
 
 
@@ -22,14 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     bus.setup_logging(cfg, "detect")
     bus.install_signal_handlers()
     analyzer = build_analyzer(cfg)
-    try:
-        run(cfg, analyzer)
-    except (bus.Shutdown, KeyboardInterrupt):
-        pass
-    except ConfigError as exc:  # bad configuration (e.g. CURVE keys): final, the supervisor does not restart
-        print(f"detect: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return bus.run_stage("detect", lambda: run(cfg, analyzer))
 
 
 if __name__ == "__main__":

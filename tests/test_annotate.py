@@ -183,6 +183,7 @@ def test_stage_passes_zero_face_frames_and_counts_bad_messages():
     out += stage.push(encode(preds(1, jpeg=jpeg, probs=onehot(6))), 0.0)
     assert [a.frame.seq for a in out] == [0, 1]
     assert out[0].results == [] and out[1].results[0].emotion == "neutral"
+    assert out[0].frame.jpeg == jpeg and out[1].frame.jpeg != jpeg  # nothing to draw: passed on, not re-encoded
     back = decode(encode(out[1]), expect="annotated")
     assert isinstance(back, Annotated) and back.frame.stamps[-1][0] == "annotate"
     assert cv2.imdecode(np.frombuffer(back.frame.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)

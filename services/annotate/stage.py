@@ -83,7 +83,9 @@ class AnnotateStage:
             self.cfg.ema_alpha, self.cfg.iou_threshold, self.cfg.track_max_age))
         results = face_results(preds, tracker)
         jpeg = frame.jpeg
-        if self.cfg.draw and not frame.source_id.startswith(BROWSER_PREFIX):  # browsers draw their own
+        # nothing to draw (no face), or a browser's frame (its page draws its own): the JPEG goes on as it came,
+        # without a decode and an encode
+        if results and self.cfg.draw and not frame.source_id.startswith(BROWSER_PREFIX):
             try:  # the header is checked against the message and the pixel cap before decoding
                 img = decode_image(frame.jpeg, self.limits, expect_wh=(frame.width, frame.height),
                                    jpeg_only=True).frame_bgr

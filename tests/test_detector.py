@@ -212,6 +212,26 @@ def test_redetect_reuse_keeps_moving_faces(sample_data, findable):
     assert reuse_det._states["cam"].frames == len(seq)
 
 
+def test_between_full_detections_yunet_searches_every_region_in_one_call():
+    """With redetect_every > 1, YuNet looks for all of a source's faces in one strip of ROI_TILE-px views (one
+    network call, one input size) and maps each face back into the frame where a full detection puts it."""
+    from shared.detector import ROI_TILE
+    from shared.synthetic import person_scene
+    frame, truth = person_scene((640, 480), 3, (80, 110), (-10, 10), "textured", np.random.default_rng(3))
+    det = FaceDetector(DetectorConfig(redetect_every=10))
+    shapes = []
+    find = det._backend.find
+    det._backend.find = lambda bgr, *a: shapes.append(bgr.shape[:2]) or find(bgr, *a)
+    full = det.detect(frame, source_id="cam")
+    assert len(full) == 3, "the scene's three faces"
+    again = det.detect(frame, source_id="cam")
+    assert shapes == [(240, 320), (ROI_TILE, 3 * ROI_TILE)]  # a full detection, then one call for three regions
+    assert len(again) == 3
+    assert iou_xywh(full.boxes_xywh, again.boxes_xywh).max(1).min() > 0.7  # another view: YuNet moves a little
+    side = np.asarray(full.boxes_xywh)[:, 2:].max(1)
+    assert (np.abs(np.asarray(full.landmarks) - np.asarray(again.landmarks)).max((1, 2)) < 0.12 * side).all()
+
+
 def test_reuse_state_is_per_source(sample_data, findable):
     seq = _moving(sample_data, findable, 3)
     det = FaceDetector(DetectorConfig(redetect_every=10))

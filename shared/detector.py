@@ -580,8 +580,9 @@ class FaceDetector:
     def _find_in_strip(self, small_bgr: np.ndarray, regions: list[tuple[int, int, int, int]]
                        ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """yunet: every region, padded square and scaled to ROI_TILE px, side by side in one strip, searched in
-        one call (a call costs ~0.5 ms before any pixel, so one per region would cost about what a full frame
-        does with four faces). Per region: its faces (boxes, landmarks, scores) in its own coordinates."""
+        one call (a call per region at the region's own size re-allocates the network each time and, with four
+        faces, costs what a full frame does). Per region: its faces (boxes, landmarks, scores) in its own
+        coordinates."""
         if not regions:
             return []
         tiles, scales = [], []

@@ -21,4 +21,5 @@ run "$PY" benchmarks/augment_backends.py --backends jax tensorflow --out "$OUT/a
 run "$PY" benchmarks/train_throughput.py --models seed_cnn,vgg_lite,xception_wide,mini_xception --steps 20 --repeats 3 --out "$OUT/train_throughput.json"
 run "$PY" benchmarks/pipeline.py --seconds 8 --workers 1 2 --model-dir "$MODEL" --json "$OUT/pipeline.json"
 run "$PY" benchmarks/detector.py --model-dir "$MODEL" --faces 3589 --out "$OUT/detector.json"
+run "$PY" benchmarks/redetect.py --out "$OUT/redetect.json"
 run "$PY" benchmarks/web_roundtrip.py --clients 1 8 --seconds 20 --warmup 3 --model-dir "$MODEL" --json "$OUT/web_roundtrip.json"

@@ -591,7 +591,8 @@ class FaceDetector:
             sq = cv2.copyMakeBorder(small_bgr[y0:y1, x0:x1], 0, side - (y1 - y0), 0, side - (x1 - x0),
                                     cv2.BORDER_CONSTANT)
             f = ROI_TILE / side
-            tiles.append(cv2.resize(sq, (ROI_TILE, ROI_TILE), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR))
+            tiles.append(cv2.resize(sq, (ROI_TILE, ROI_TILE),
+                                    interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR))
             scales.append(f)
         b, lm, sc = self._backend.find(np.hstack(tiles), None, 0.0)
         tile = np.clip(((b[:, 0] + b[:, 2] / 2) // ROI_TILE).astype(int), 0, len(regions) - 1)  # by its centre

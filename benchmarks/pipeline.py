@@ -17,6 +17,9 @@ Scenes (640x480, played from a looping video file by the real capture process):
 - ``people`` (realistic): 1 or 4 copies of matplotlib's sample photo of a person with context (cap, hair,
   shoulders, flag), faces 70-120 px, turned by up to 20 degrees, on textured / cluttered backgrounds,
   a new scene every frame (shared.synthetic.person_scene).
+- ``moving``: the same person, 1 or 4 copies moving smoothly across a cluttered background for 150 frames (5 s),
+  turning and passing in front of one another (benchmarks/redetect.py): a video, where the detect stage's
+  search near the last boxes (FERLIVE_DETECTOR_REDETECT_EVERY) can work.
 - ``flat``: real FER2013 faces (the sample CSV beside the checkout) upscaled to 120 px on a flat, faintly
   noisy gray (the figures this benchmark used to report). "latency" steps run capture at --fps (30);
 "throughput" steps run it unthrottled and count annotated frames/s at the output. Stamps use
@@ -53,14 +56,18 @@ STAGES = ("capture", "detect", "classify", "annotate")
 # ----------------------------------------------------------------------------------------- inputs
 def make_frames(n_faces: int, scene: str = "people", n_frames: int = 60, size: int = 120) -> list[np.ndarray]:
     """640x480 BGR frames, each with ``n_faces`` faces: people with context on textured/cluttered
-    backgrounds (scene "people"), or FER2013 faces (size px) on a flat, faintly noisy gray ("flat")."""
+    backgrounds (scene "people", a new scene every frame; "moving", a video of them moving), or FER2013 faces
+    (size px) on a flat, faintly noisy gray ("flat")."""
     if scene == "people":
         from shared.synthetic import person_scene
         rng = np.random.default_rng(0)
         return [person_scene((640, 480), n_faces, (70, 120) if n_faces > 1 else (90, 150), (-20, 20),
                              ("textured", "cluttered")[i % 2], rng)[0] for i in range(n_frames)]
+    if scene == "moving":
+        from benchmarks.redetect import moving_people
+        return [f for f, _, _ in moving_people(max(n_frames, 150), n_faces, background="cluttered", come_and_go=False)]
     if scene != "flat":
-        raise ValueError(f"unknown scene {scene!r}: use people or flat")
+        raise ValueError(f"unknown scene {scene!r}: use people, moving or flat")
     from training.data import load_fer2013  # numpy + cv2 only
     faces = load_fer2013(SAMPLE_CSV).faces
     rng = np.random.default_rng(0)
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=30.0, help="capture rate of the latency steps")
     ap.add_argument("--faces", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--scenes", nargs="+", default=["people", "flat"], choices=["people", "flat"])
+    ap.add_argument("--scenes", nargs="+", default=["people", "flat"], choices=["people", "moving", "flat"])
     ap.add_argument("--model-dir", default="", help="exported model ('' = bundled)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--classify-ms-per-face", type=float, default=0.0,

@@ -36,10 +36,11 @@ from shared.synthetic import make_background, person_photo, place_person  # noqa
 FRAME = (640, 480)
 
 
-def moving_people(n_frames: int, people: int, seed: int = 0, background: str = "textured"
-                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def moving_people(n_frames: int, people: int, seed: int = 0, background: str = "textured",
+                  come_and_go: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(frame_bgr, true boxes (K,4) int32, visible (K,) bool) per frame; person 0 walks in at n_frames//3 in
-    front of everyone, person 1 leaves at 2*n_frames//3, the others stay throughout. People pass in front of
+    front of everyone, person 1 leaves at 2*n_frames//3, the others stay throughout (with come_and_go=False
+    everyone stays throughout). People pass in front of
     one another (those drawn later); a face more than 10% hidden is not visible."""
     rng = np.random.default_rng(seed)
     w, h = FRAME
@@ -56,7 +57,7 @@ def moving_people(n_frames: int, people: int, seed: int = 0, background: str = "
     for t in range(n_frames):
         frame, boxes, covers = bg.copy(), [], []
         for k in [*range(1, people), 0]:  # the newcomer, person 0, in front of everyone: always visible
-            if (k == 0 and t < enter) or (k == 1 and t >= leave):
+            if come_and_go and ((k == 0 and t < enter) or (k == 1 and t >= leave)):
                 continue
             s = side[k] * (1 + 0.08 * np.sin(0.05 * t + phase[k]))
             cx, cy, angle = pos[k][0], pos[k][1], 15 * np.sin(0.07 * t + phase[k])

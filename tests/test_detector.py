@@ -280,3 +280,24 @@ def test_configs():
         DetectorConfig(scale=2.0)
     assert FaceDetector(Config(detector_kind="haar", detector_register="level")).config.register == "level"
     assert DetectorConfig().kind == "yunet" and DetectorConfig().factor(640, 480) == 0.5
+
+
+def test_redetect_benchmark_counts_hidden_faces_out_and_runs(tmp_path):
+    """benchmarks/redetect.py: its video hides a face behind a later person only where the pictures overlap
+    (those faces are not counted), and a short run writes every N's figures."""
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.redetect import main, moving_people
+    video = moving_people(30, 4)
+    assert all(f.shape == (480, 640, 3) and len(b) == len(v) for f, b, v in video)
+    last = np.array([v[-1] for _, _, v in video])
+    assert last.all()  # the person drawn last is never hidden
+    assert not np.concatenate([v for _, _, v in moving_people(150, 4)]).all()  # over 5 s some faces are
+    assert len(video[0][1]) == 3 and len(video[10][1]) == 4  # person 0 walks in at frame 10
+    out = tmp_path / "r.json"
+    assert main(["--frames", "30", "--every", "1", "3", "--backgrounds", "textured", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["redetect_every"] for r in rows] == [1, 3]
+    assert all(r["true_faces"] > 0 and 0.0 <= r["recall"] <= 1.0 for r in rows)

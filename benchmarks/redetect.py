@@ -40,8 +40,8 @@ def moving_people(n_frames: int, people: int, seed: int = 0, background: str = "
                   come_and_go: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(frame_bgr, true boxes (K,4) int32, visible (K,) bool) per frame; person 0 walks in at n_frames//3 in
     front of everyone, person 1 leaves at 2*n_frames//3, the others stay throughout (with come_and_go=False
-    everyone stays throughout). People pass in front of
-    one another (those drawn later); a face more than 10% hidden is not visible."""
+    everyone stays throughout). People pass in front of one another (those drawn later); a face more than
+    10% hidden is not visible."""
     rng = np.random.default_rng(seed)
     w, h = FRAME
     bg = make_background(FRAME, background, rng)

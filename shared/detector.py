@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -624,3 +625,30 @@ class FaceDetector:
                 pass  # degenerate landmarks: crop the framed box instead
         x, y, w, h = framed
         return crop_face(gray, (int(round(x)), int(round(y)), int(round(w)), int(round(h))), 0.0)
+
+
+def report_speed(detector: FaceDetector, width: int, height: int, fps: float, calls: int = 8) -> float:
+    """Time full-frame detection of a width x height frame on this CPU (median of `calls`, after one warm-up)
+    and log it with the CPU's vector extensions; warn when it takes more than half of a frame's time at `fps`
+    (it then competes with the other stages for the frame) and name the search between full detections.
+    Returns ms per frame."""
+    from shared.model import vector_extensions  # numpy only at import; no TFLite
+    from shared.synthetic import make_background
+    frame = make_background((width, height), "textured", np.random.default_rng(0))
+    times = []
+    for i in range(calls + 1):
+        t0 = time.perf_counter()
+        detector.detect(frame, source_id=f"speed-check-{i}")  # its own source each time: always a full detection
+        times.append((time.perf_counter() - t0) * 1e3)
+    for i in range(calls + 1):
+        detector.reset(f"speed-check-{i}")
+    ms = float(np.median(times[1:]))
+    budget = 1000.0 / (fps or 30.0)
+    log.info("detector %s: %.1f ms per %dx%d frame on this CPU (%s)", detector.config.kind, ms, width, height,
+             "/".join(vector_extensions()) or "no avx2")
+    if ms > budget / 2 and detector.config.redetect_every == 1:
+        log.warning("detection takes %.1f ms per frame here, more than half of the %.0f ms a frame has at %g "
+                    "frames/s: FERLIVE_DETECTOR_REDETECT_EVERY=3 looks at the whole frame every third frame only "
+                    "and near the last faces in between (a third less work; a new face is found up to 2 frames "
+                    "later; README: detector)", ms, budget, fps or 30.0)
+    return ms

@@ -301,3 +301,23 @@ def test_redetect_benchmark_counts_hidden_faces_out_and_runs(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [r["redetect_every"] for r in rows] == [1, 3]
     assert all(r["true_faces"] > 0 and 0.0 <= r["recall"] <= 1.0 for r in rows)
+
+
+def test_speed_report_names_the_region_search_only_where_detection_is_slow(caplog):
+    """The detect stage's start-up check: ms per frame on this CPU always; the FERLIVE_DETECTOR_REDETECT_EVERY
+    hint only when detection takes more than half a frame's time (here forced by an absurd frame rate), and not
+    when the search is already on. It leaves no per-source state behind."""
+    import logging
+    from shared.detector import report_speed
+    det = FaceDetector()
+    with caplog.at_level(logging.INFO, logger="shared.detector"):
+        ms = report_speed(det, 320, 240, fps=30.0, calls=2)
+        assert ms > 0 and "ms per 320x240 frame on this CPU" in caplog.text
+        assert "REDETECT_EVERY" not in caplog.text or ms > 1000 / 30 / 2
+        caplog.clear()
+        report_speed(det, 320, 240, fps=1e6, calls=2)
+        assert "FERLIVE_DETECTOR_REDETECT_EVERY=3" in caplog.text
+        caplog.clear()
+        report_speed(FaceDetector(DetectorConfig(redetect_every=3)), 320, 240, fps=1e6, calls=2)
+        assert "REDETECT_EVERY" not in caplog.text
+    assert not det._states

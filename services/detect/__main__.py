@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     bus.setup_logging(cfg, "detect")
     bus.install_signal_handlers()
     analyzer = build_analyzer(cfg)
+    from shared.detector import report_speed
+    report_speed(analyzer.detector, cfg.width, cfg.height, cfg.fps)  # ms per frame on this CPU; a hint if slow
     return bus.run_stage("detect", lambda: run(cfg, analyzer))
 
 

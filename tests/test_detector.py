@@ -217,7 +217,7 @@ def test_between_full_detections_yunet_searches_every_region_in_one_call():
     network call, one input size) and maps each face back into the frame where a full detection puts it."""
     from shared.detector import ROI_TILE
     from shared.synthetic import person_scene
-    frame, truth = person_scene((640, 480), 3, (80, 110), (-10, 10), "textured", np.random.default_rng(3))
+    frame, _ = person_scene((640, 480), 3, (80, 110), (-10, 10), "textured", np.random.default_rng(3))
     det = FaceDetector(DetectorConfig(redetect_every=10))
     shapes = []
     find = det._backend.find

@@ -81,9 +81,7 @@ def moving_people(n_frames: int, people: int, seed: int = 0, background: str = "
 
 
 def run(every: int, video: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
-    cfg = DetectorConfig.from_pipeline(Config())
-    cfg.redetect_every = every
-    det = FaceDetector(cfg)
+    det = FaceDetector(DetectorConfig.from_pipeline(Config(detector_redetect_every=every)))
     det.detect(video[0][0], source_id="warm-up")  # first-call set-up, not counted
     times, n_gt, hit, false = [], 0, 0, 0
     for frame, gt, visible in video:

@@ -286,9 +286,6 @@ def test_redetect_benchmark_counts_hidden_faces_out_and_runs(tmp_path):
     """benchmarks/redetect.py: its video hides a face behind a later person only where the pictures overlap
     (those faces are not counted), and a short run writes every N's figures."""
     import json
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.redetect import main, moving_people
     video = moving_people(30, 4)
     assert all(f.shape == (480, 640, 3) and len(b) == len(v) for f, b, v in video)

@@ -150,6 +150,21 @@ def check_size(fmt: str, w: int, h: int, limits: ImageLimits) -> float:
     return scale
 
 
+def check_header(data: bytes, limits: ImageLimits = ImageLimits(), *, expect_wh: tuple[int, int] | None = None,
+                 jpeg_only: bool = False) -> tuple[str, int, int, float]:
+    """Every check of ``decode_image`` that needs no decoding (format, declared size against the message and the
+    limits, the end marker): (format, width, height, downscale factor). Raises ImageError like it."""
+    fmt, w, h = declared_size(data)
+    if jpeg_only and fmt != "jpeg":
+        raise ImageError("frames must be JPEG (PNG is accepted by POST /api/predict only)")
+    if expect_wh is not None and (w, h) != tuple(expect_wh):
+        raise ImageError(f"image is {w}x{h} by its header, the message says {expect_wh[0]}x{expect_wh[1]}")
+    check_complete(data, fmt)
+    scale = check_size(fmt, w, h, limits) if expect_wh is None else check_size(
+        fmt, w, h, ImageLimits(limits.max_pixels, limits.min_side, max(limits.max_side, w, h)))
+    return fmt, w, h, scale
+
+
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *,
                  expect_wh: tuple[int, int] | None = None, jpeg_only: bool = False) -> DecodedImage:
     """JPEG/PNG bytes -> uint8 BGR (H,W,3) whose longer side is at most ``limits.max_side``.
@@ -159,14 +174,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *,
     corrupt, too large or too small input; nothing is decoded before the header passed.
     """
     data = bytes(data)
-    fmt, w, h = declared_size(data)
-    if jpeg_only and fmt != "jpeg":
-        raise ImageError("frames must be JPEG (PNG is accepted by POST /api/predict only)")
-    if expect_wh is not None and (w, h) != tuple(expect_wh):
-        raise ImageError(f"image is {w}x{h} by its header, the message says {expect_wh[0]}x{expect_wh[1]}")
-    check_complete(data, fmt)
-    scale = check_size(fmt, w, h, limits) if expect_wh is None else check_size(
-        fmt, w, h, ImageLimits(limits.max_pixels, limits.min_side, max(limits.max_side, w, h)))
+    fmt, w, h, scale = check_header(data, limits, expect_wh=expect_wh, jpeg_only=jpeg_only)
     flags = cv2.IMREAD_COLOR
     if fmt == "jpeg" and scale < 1.0:
         for factor, flag in _REDUCED:  # the coarsest scale that keeps the longer side >= max_side

@@ -191,6 +191,23 @@ def test_stage_passes_zero_face_frames_and_counts_bad_messages():
     assert stage.push(encode(out[0]), 0.0) == [] and stage.counters["bad_messages"] == 2  # wrong kind
 
 
+def test_face_less_frames_are_passed_on_but_bad_ones_counted():
+    """A frame with no face is not decoded, yet its header gets the checks a decode would make: a non-JPEG
+    payload, a truncated JPEG, one whose size disagrees with the message, or a PNG is counted in bad_frames (and
+    passed on as before); the stage keeps going and a good frame after them is untouched."""
+    good = cv2.imencode(".jpg", np.full((480, 640, 3), 128, np.uint8))[1].tobytes()
+    small = cv2.imencode(".jpg", np.full((240, 320, 3), 128, np.uint8))[1].tobytes()
+    png = cv2.imencode(".png", np.full((480, 640, 3), 128, np.uint8))[1].tobytes()
+    stage = AnnotateStage(Config(ema_alpha=1.0))
+    bad = [b"\xff\xd8 not a jpeg", good[:len(good) // 2], small, png]
+    out = []
+    for i, jpeg in enumerate(bad + [good]):
+        out += stage.push(encode(preds(i, boxes=(), jpeg=jpeg)), 0.0)
+    assert [a.frame.seq for a in out] == [0, 1, 2, 3, 4]
+    assert stage.counters["bad_frames"] == len(bad)
+    assert out[-1].frame.jpeg == good
+
+
 def test_idle_sources_are_forgotten():
     """Browser sources come and go: their trackers must not pile up."""
     from services.annotate import stage as annotate_stage

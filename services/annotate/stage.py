@@ -15,7 +15,7 @@ from shared import bus
 from shared.config import Config
 from shared.draw import annotate
 from shared.guard import Guard
-from shared.images import ImageError, ImageLimits, decode_image
+from shared.images import ImageError, ImageLimits, check_header, decode_image
 from shared.messages import BROWSER_PREFIX, Annotated, Frame, MessageError, Predictions, Skip, decode, encode
 from shared.tracking import Tracker
 from services.annotate.broker import FacesBroker
@@ -83,9 +83,13 @@ class AnnotateStage:
             self.cfg.ema_alpha, self.cfg.iou_threshold, self.cfg.track_max_age))
         results = face_results(preds, tracker)
         jpeg = frame.jpeg
-        # nothing to draw (no face), or a browser's frame (its page draws its own): the JPEG goes on as it came,
-        # without a decode and an encode
-        if results and self.cfg.draw and not frame.source_id.startswith(BROWSER_PREFIX):
+        drawn_here = self.cfg.draw and not frame.source_id.startswith(BROWSER_PREFIX)  # browsers draw their own
+        if drawn_here and not results:  # nothing to draw: the JPEG goes on as it came, no decode and no encode
+            try:  # ... but its header is checked as a decode would check it, and a bad one counted
+                check_header(frame.jpeg, self.limits, expect_wh=(frame.width, frame.height), jpeg_only=True)
+            except ImageError as exc:
+                self.guard.bad("bad_frames", exc)
+        elif drawn_here:
             try:  # the header is checked against the message and the pixel cap before decoding
                 img = decode_image(frame.jpeg, self.limits, expect_wh=(frame.width, frame.height),
                                    jpeg_only=True).frame_bgr
